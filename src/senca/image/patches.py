@@ -1,0 +1,122 @@
+"""H&E patches around every spot, cut from the section image without copying it per spot."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from senca.errors import SencaInputError
+
+logger = logging.getLogger(__name__)
+
+# A pixel is background when it is nearly black (blacked-out display images) or nearly white
+# and unsaturated (glass); a patch is "blank" when less than this fraction is tissue.
+_MIN_TISSUE_FRACTION = 0.25
+
+
+def section_image(adata: ad.AnnData, library_id: str | None = None) -> tuple[np.ndarray, float, float]:
+    """The highest-resolution image of a section, its scale factor and the spot diameter.
+
+    Returns
+    -------
+    ``(image, scale, spot_diameter_fullres)`` where ``scale`` is image pixels per
+    full-resolution pixel (the unit of ``obsm["spatial"]``).
+    """
+    libraries = adata.uns.get("spatial", {})
+    if library_id is None:
+        with_images = [k for k, v in libraries.items() if v.get("images")]
+        if not with_images:
+            raise SencaInputError("AnnData: uns['spatial'] holds no image; expected an H&E image to cut patches from")
+        if len(with_images) > 1:
+            raise SencaInputError(f"AnnData: uns['spatial'] holds several libraries with images ({', '.join(with_images)}); name one with library_id")
+        library_id = with_images[0]
+    if library_id not in libraries:
+        raise SencaInputError(f"AnnData: uns['spatial'] has no library {library_id!r}")
+    library = libraries[library_id]
+    images, scalefactors = library.get("images", {}), library.get("scalefactors", {})
+    resolution = next((r for r in ("hires", "lowres") if r in images), None)
+    if resolution is None:
+        raise SencaInputError(f"AnnData: uns['spatial'][{library_id!r}]['images'] holds neither 'hires' nor 'lowres'")
+    for key in (f"tissue_{resolution}_scalef", "spot_diameter_fullres"):
+        if key not in scalefactors:
+            raise SencaInputError(f"AnnData: uns['spatial'][{library_id!r}]['scalefactors'][{key!r}] is missing")
+    return np.asarray(images[resolution]), float(scalefactors[f"tissue_{resolution}_scalef"]), float(scalefactors["spot_diameter_fullres"])
+
+
+def _background_colour(image: np.ndarray) -> np.ndarray:
+    # The median of the image's outer frame is the colour of the slide around the tissue.
+    frame = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    return np.median(frame, axis=0).astype(np.uint8)
+
+
+def tissue_fraction(patches: np.ndarray) -> np.ndarray:
+    """Fraction of pixels per patch (``n x 3 x P x P`` uint8) that are neither black nor white glass."""
+    patches = patches.astype(np.int16)
+    darkest = patches.max(axis=1) < 25
+    glass = (patches.min(axis=1) > 215) & (patches.max(axis=1) - patches.min(axis=1) < 20)
+    return 1.0 - (darkest | glass).mean(axis=(1, 2))
+
+
+def extract_patches(
+    adata: ad.AnnData,
+    patch_spots: float = 2.0,
+    patch_px: int = 64,
+    library_id: str | None = None,
+    show_progress: bool = True,
+) -> np.ndarray:
+    """Cut a square H&E patch around every spot and resize it to ``patch_px x patch_px``.
+
+    Parameters
+    ----------
+    adata
+        Spots with ``obsm["spatial"]`` and an image in ``uns["spatial"]``.
+    patch_spots
+        Side of the square in spot diameters (2.0: the spot and a ring of context around it).
+    patch_px
+        Output side in pixels.
+    library_id
+        Library under ``uns["spatial"]``; default: the only one with an image.
+    show_progress
+        Show a progress bar.
+
+    Returns
+    -------
+    ``uint8`` array ``n_spots x 3 x patch_px x patch_px``. Parts of a square beyond the image
+    are padded with the slide's background colour. ``obs["patch_tissue_fraction"]`` records
+    the fraction of tissue pixels per patch; spots outside the image or on blank background are
+    reported in a warning with their counts.
+    """
+    if patch_spots <= 0 or patch_px < 4:
+        raise SencaInputError(f"patch_spots={patch_spots}, patch_px={patch_px}; expected patch_spots > 0 and patch_px >= 4")
+    image, scale, diameter = section_image(adata, library_id)
+    height, width = image.shape[:2]
+    centres = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
+    half = max(patch_spots * diameter * scale / 2.0, 1.0)
+    background = _background_colour(image)
+    patches = np.empty((adata.n_obs, 3, patch_px, patch_px), dtype=np.uint8)
+    side = int(round(2 * half))
+    for i, (cx, cy) in enumerate(tqdm(centres, desc="H&E patches", disable=not show_progress, leave=False)):
+        x0, y0 = int(round(cx - half)), int(round(cy - half))
+        # Only the crop is copied; the slice of the full image is a view.
+        crop = np.empty((side, side, 3), dtype=np.uint8)
+        crop[:] = background
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+        if sx1 > sx0 and sy1 > sy0:
+            crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1, :3]
+        resized = Image.fromarray(crop).resize((patch_px, patch_px), Image.Resampling.BILINEAR if side < patch_px else Image.Resampling.BOX)
+        patches[i] = np.asarray(resized).transpose(2, 0, 1)
+    outside = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= width) | (centres[:, 1] >= height)
+    fraction = tissue_fraction(patches)
+    blank = (fraction < _MIN_TISSUE_FRACTION) & ~outside
+    if outside.any() or blank.any():
+        logger.warning(
+            "%d of %d spots lie outside the %d x %d image and %d fall on blank background "
+            "(< %.0f%% tissue pixels); their patches carry little image information",
+            int(outside.sum()), adata.n_obs, width, height, int(blank.sum()), 100 * _MIN_TISSUE_FRACTION,
+        )
+    adata.obs["patch_tissue_fraction"] = fraction
+    return patches

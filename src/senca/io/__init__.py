@@ -1,0 +1,83 @@
+"""Readers: legacy ST / HER2ST layout, 10x Visium folders and ``.h5ad`` files, to AnnData."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+
+from senca.errors import SencaInputError
+from senca.io.h5ad import read_h5ad, validate_adata
+from senca.io.image import attach_image, read_image
+from senca.io.labels import read_labels
+from senca.io.st import her2st_samples, read_her2st, read_st
+from senca.io.visium import read_10x_h5, read_visium
+
+FORMATS = ("her2st", "visium", "h5ad")
+
+
+def detect_format(path: str | Path) -> str:
+    """Name the input format of ``path``: ``"her2st"``, ``"visium"`` or ``"h5ad"``."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".h5ad":
+        return "h5ad"
+    if path.is_dir() and (path / "ST-cnts").is_dir():
+        return "her2st"
+    if path.is_dir() and (path / "filtered_feature_bc_matrix.h5").is_file():
+        return "visium"
+    if not path.exists():
+        raise SencaInputError(f"{path}: input not found")
+    raise SencaInputError(
+        f"{path}: cannot tell the input format; expected an .h5ad file, a HER2ST-layout folder "
+        "(with ST-cnts/) or a Space Ranger folder (with filtered_feature_bc_matrix.h5)"
+    )
+
+
+def read(
+    path: str | Path,
+    format: str | None = None,
+    sample: str | None = None,
+    image: str | Path | None = None,
+    image_scale: float | None = None,
+    labels: str | Path | None = None,
+) -> ad.AnnData:
+    """Read any supported input; the format is detected unless given.
+
+    Parameters
+    ----------
+    path
+        ``.h5ad`` file, HER2ST-layout folder or Space Ranger folder.
+    format
+        One of :data:`FORMATS`, or ``None`` to detect.
+    sample
+        Section of a HER2ST-layout folder (required there).
+    image, image_scale
+        H&E image and its scale (image pixels per coordinate pixel), for legacy ST input.
+    labels
+        Table of spot id and label to join into ``obs["label"]``; a HER2ST folder's own label
+        file is used without it.
+
+    Returns
+    -------
+    The section as AnnData.
+    """
+    format = format or detect_format(path)
+    if format not in FORMATS:
+        raise SencaInputError(f"unknown input format {format!r}; expected one of {', '.join(FORMATS)}")
+    if format != "her2st" and (image is not None or image_scale is not None):
+        raise SencaInputError(f"{path}: image and image_scale apply to HER2ST-layout input only; {format} input carries its own image")
+    if format == "her2st":
+        if not sample:
+            raise SencaInputError(f"{path}: a HER2ST-layout folder holds several sections; name one (samples: {', '.join(her2st_samples(path))})")
+        adata = read_her2st(path, sample, image=image, image_scale=image_scale, labels=labels if labels else True)
+        return adata
+    adata = read_visium(path) if format == "visium" else read_h5ad(path)
+    if labels is not None:
+        read_labels(adata, labels)
+    return adata
+
+
+__all__ = [
+    "FORMATS", "attach_image", "detect_format", "her2st_samples", "read", "read_10x_h5", "read_h5ad",
+    "read_her2st", "read_image", "read_labels", "read_st", "read_visium", "validate_adata",
+]

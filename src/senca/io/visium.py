@@ -1,0 +1,152 @@
+"""10x Visium Space Ranger output folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from senca.errors import SencaInputError
+from senca.io._tables import read_table, require_columns, require_file, require_joined, require_unique, validate_counts
+from senca.io.image import attach_image, read_image
+
+logger = logging.getLogger(__name__)
+
+_POSITION_COLUMNS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+
+
+def _decode(values: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def read_10x_h5(path: str | Path) -> ad.AnnData:
+    """Read a 10x HDF5 feature-barcode matrix (Cell Ranger / Space Ranger v3 layout).
+
+    Only "Gene Expression" features are kept when a feature type is recorded.
+    """
+    path = require_file(path, "10x feature-barcode matrix")
+    try:
+        with h5py.File(path, "r") as f:
+            if "matrix" not in f:
+                raise SencaInputError(f"{path}: no 'matrix' group; expected a 10x v3 HDF5 feature-barcode matrix")
+            group = f["matrix"]
+            for field in ("data", "indices", "indptr", "shape", "barcodes", "features"):
+                if field not in group:
+                    raise SencaInputError(f"{path}: 'matrix/{field}' is missing; expected a 10x v3 HDF5 feature-barcode matrix")
+            n_genes, n_spots = (int(v) for v in group["shape"][:])
+            # 10x stores genes x barcodes in CSC, i.e. barcodes x genes in CSR.
+            matrix = sp.csr_matrix(
+                (group["data"][:], group["indices"][:], group["indptr"][:]), shape=(n_spots, n_genes)
+            )
+            features = group["features"]
+            names = _decode(features["name"][:])
+            ids = _decode(features["id"][:]) if "id" in features else names
+            types = _decode(features["feature_type"][:]) if "feature_type" in features else ["Gene Expression"] * len(names)
+            barcodes = _decode(group["barcodes"][:])
+    except (OSError, ValueError, KeyError) as err:
+        raise SencaInputError(f"{path}: cannot read the 10x HDF5 matrix ({err})") from err
+    matrix = validate_counts(matrix, path)
+    keep = np.array([t == "Gene Expression" for t in types])
+    require_unique(barcodes, path, "barcodes ('matrix/barcodes')")
+    adata = ad.AnnData(
+        X=matrix[:, keep],
+        obs=pd.DataFrame(index=pd.Index(barcodes)),
+        var=pd.DataFrame({"gene_ids": np.array(ids)[keep]}, index=pd.Index(np.array(names)[keep])),
+    )
+    adata.var_names_make_unique()
+    return adata
+
+
+def _read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
+    with_header = spatial / "tissue_positions.csv"
+    without_header = spatial / "tissue_positions_list.csv"
+    if with_header.is_file():
+        path, table = with_header, read_table(with_header, "tissue positions")
+    elif without_header.is_file():
+        path, table = without_header, read_table(without_header, "tissue positions", header=None)
+        if table.shape[1] != len(_POSITION_COLUMNS):
+            raise SencaInputError(
+                f"{without_header}: tissue positions have {table.shape[1]} column(s); expected "
+                f"{len(_POSITION_COLUMNS)} without a header ({', '.join(_POSITION_COLUMNS)})"
+            )
+        table.columns = _POSITION_COLUMNS
+    else:
+        raise SencaInputError(f"{spatial}: neither tissue_positions.csv nor tissue_positions_list.csv found")
+    require_columns(table, _POSITION_COLUMNS, path, "tissue positions")
+    table["barcode"] = table["barcode"].astype(str)
+    require_unique(table["barcode"], path, "barcodes of the tissue positions")
+    for column in _POSITION_COLUMNS[1:]:
+        if not pd.api.types.is_numeric_dtype(table[column]) or table[column].isna().any():
+            raise SencaInputError(f"{path}: column {column!r} of the tissue positions must hold numbers")
+    return table.set_index("barcode"), path
+
+
+def read_visium(path: str | Path, library_id: str | None = None, load_image: bool = True) -> ad.AnnData:
+    """Read a Space Ranger output folder.
+
+    Parameters
+    ----------
+    path
+        Folder with ``filtered_feature_bc_matrix.h5`` and ``spatial/`` (``tissue_positions.csv``
+        with a header or ``tissue_positions_list.csv`` without, ``scalefactors_json.json`` and
+        ``tissue_hires_image.png`` and/or ``tissue_lowres_image.png``).
+    library_id
+        Key under ``uns["spatial"]``; defaults to the folder name.
+    load_image
+        Attach the hires image when present, otherwise the lowres one.
+
+    Returns
+    -------
+    AnnData with raw counts in ``X``, ``obsm["spatial"]`` ``[x, y]`` in full-resolution pixels,
+    ``obs["array_row"]``, ``obs["array_col"]``, and ``uns["spatial"][library_id]``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise SencaInputError(f"{path}: not a folder (expected a Space Ranger output folder)")
+    library_id = library_id or path.resolve().name
+    matrix_path = path / "filtered_feature_bc_matrix.h5"
+    adata = read_10x_h5(matrix_path)
+    spatial = path / "spatial"
+    positions, positions_path = _read_positions(spatial)
+    require_joined(adata.obs_names, positions.index, matrix_path, "feature-barcode matrix", f"tissue positions {positions_path.name}")
+    positions = positions.loc[adata.obs_names]
+    adata.obs["in_tissue"] = positions["in_tissue"].to_numpy(int)
+    adata.obs["array_row"] = positions["array_row"].to_numpy(int)
+    adata.obs["array_col"] = positions["array_col"].to_numpy(int)
+    adata.obsm["spatial"] = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
+
+    scalefactor_path = require_file(spatial / "scalefactors_json.json", "scale factors")
+    try:
+        scalefactors = json.loads(scalefactor_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SencaInputError(f"{scalefactor_path}: not valid JSON ({err})") from err
+    if not isinstance(scalefactors, dict) or "spot_diameter_fullres" not in scalefactors:
+        raise SencaInputError(f"{scalefactor_path}: field 'spot_diameter_fullres' is missing; expected Space Ranger scale factors")
+    adata.uns["spatial"] = {
+        library_id: {
+            "images": {},
+            "scalefactors": {k: float(v) for k, v in scalefactors.items() if isinstance(v, (int, float))},
+            "metadata": {"platform": "Visium", "source": str(path)},
+        }
+    }
+    if load_image:
+        for resolution in ("hires", "lowres"):
+            image_path = spatial / f"tissue_{resolution}_image.png"
+            if not image_path.is_file():
+                continue
+            key = f"tissue_{resolution}_scalef"
+            if key not in scalefactors:
+                raise SencaInputError(f"{scalefactor_path}: field {key!r} is missing; it is needed for {image_path.name}")
+            attach_image(adata, read_image(image_path), float(scalefactors[key]), library_id, resolution, source=image_path)
+            logger.info("%s: using the %s image", path, resolution)
+            break
+        else:
+            logger.warning("%s: no tissue_hires_image.png or tissue_lowres_image.png; continuing without an image", spatial)
+    logger.info("read %s: %d spots x %d genes", library_id, adata.n_obs, adata.n_vars)
+    return adata
