@@ -20,6 +20,39 @@ logger = logging.getLogger(__name__)
 DEFAULT_RADIUS_IN_SPACINGS = 1.5
 
 
+def neighbour_graph(
+    coordinates: np.ndarray,
+    method: str = "radius",
+    radius: float | None = None,
+    n_neighbors: int = 6,
+) -> tuple[sp.csr_matrix, sp.csr_matrix, float, float | None]:
+    """Array-level spatial graph: ``(connectivities, distances, spacing, radius)``.
+
+    See :func:`spatial_graph` for the parameters; the graphs are symmetric CSR without self loops.
+    """
+    coordinates = np.asarray(coordinates, dtype=float)[:, :2]
+    n = coordinates.shape[0]
+    spacing = spot_spacing(coordinates)
+    if method == "radius":
+        radius = DEFAULT_RADIUS_IN_SPACINGS * spacing if radius is None else float(radius)
+        if radius <= 0:
+            raise SencaInputError(f"graph radius is {radius}; expected a positive distance")
+        distances = NearestNeighbors(radius=radius).fit(coordinates).radius_neighbors_graph(mode="distance")
+    elif method == "knn":
+        if not 1 <= n_neighbors < n:
+            raise SencaInputError(f"n_neighbors is {n_neighbors}; expected 1 <= n_neighbors < n_spots ({n})")
+        distances = NearestNeighbors(n_neighbors=n_neighbors).fit(coordinates).kneighbors_graph(mode="distance")
+        distances = distances.maximum(distances.T)
+    else:
+        raise SencaInputError(f"graph method {method!r} is unknown; expected 'radius' or 'knn'")
+    distances = sp.csr_matrix(distances, dtype=np.float32)
+    distances.setdiag(0)
+    distances.eliminate_zeros()
+    connectivities = distances.copy()
+    connectivities.data[:] = 1.0
+    return connectivities, distances, spacing, radius
+
+
 def spatial_graph(
     adata: ad.AnnData,
     method: str = "radius",
@@ -48,25 +81,7 @@ def spatial_graph(
     """
     if "spatial" not in adata.obsm:
         raise SencaInputError("AnnData: obsm['spatial'] is missing; expected spot coordinates to build the graph")
-    coordinates = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
-    spacing = spot_spacing(coordinates)
-    if method == "radius":
-        radius = DEFAULT_RADIUS_IN_SPACINGS * spacing if radius is None else float(radius)
-        if radius <= 0:
-            raise SencaInputError(f"graph radius is {radius}; expected a positive distance")
-        distances = NearestNeighbors(radius=radius).fit(coordinates).radius_neighbors_graph(mode="distance")
-    elif method == "knn":
-        if not 1 <= n_neighbors < adata.n_obs:
-            raise SencaInputError(f"n_neighbors is {n_neighbors}; expected 1 <= n_neighbors < n_spots ({adata.n_obs})")
-        distances = NearestNeighbors(n_neighbors=n_neighbors).fit(coordinates).kneighbors_graph(mode="distance")
-        distances = distances.maximum(distances.T)
-    else:
-        raise SencaInputError(f"graph method {method!r} is unknown; expected 'radius' or 'knn'")
-    distances = sp.csr_matrix(distances, dtype=np.float32)
-    distances.setdiag(0)
-    distances.eliminate_zeros()
-    connectivities = distances.copy()
-    connectivities.data[:] = 1.0
+    connectivities, distances, spacing, radius = neighbour_graph(adata.obsm["spatial"], method, radius, n_neighbors)
     degree = np.diff(connectivities.indptr)
     if (degree == 0).any():
         logger.warning("%d of %d spots have no spatial neighbour within the graph radius", int((degree == 0).sum()), adata.n_obs)

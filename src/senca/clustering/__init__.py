@@ -1,0 +1,27 @@
+"""Clustering of a per-spot representation into tissue regions (exposed as ``senca.tl``).
+
+AnnData level: :func:`cluster` (GMM "EEE" / k-means / Leiden, optional spatial refinement),
+:func:`smooth_representation`. Array level, for code that works on embeddings directly
+(e.g. initialising cluster centres): :func:`fit_gmm`, :func:`fit_kmeans`, :func:`fit_leiden`,
+:func:`refine_labels`.
+"""
+
+from senca.clustering._utils import ClusterResult
+from senca.clustering.core import cluster
+from senca.clustering.gmm import fit_gmm, scale_features
+from senca.clustering.kmeans import fit_kmeans
+from senca.clustering.leiden import fit_leiden, leiden_partition
+from senca.clustering.refine import refine_labels
+from senca.clustering.smooth import smooth_representation
+
+__all__ = [
+    "ClusterResult",
+    "cluster",
+    "fit_gmm",
+    "fit_kmeans",
+    "fit_leiden",
+    "leiden_partition",
+    "refine_labels",
+    "scale_features",
+    "smooth_representation",
+]
