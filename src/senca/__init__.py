@@ -1,5 +1,11 @@
-"""senca: tissue regions from spatial transcriptomics fused with H&E (SENCA-st)."""
+"""senca: tissue regions from spatial transcriptomics fused with H&E (SENCA-st).
 
+Modules follow scanpy: ``senca.io`` (readers), ``senca.pp`` (preprocessing), ``senca.tl``
+(clustering, scores, markers), ``senca.pl`` (plots); the model follows scvi-tools:
+``senca.SENCA(adata, ...)``, ``.train()``, ``.get_latent_representation()``.
+"""
+
+import importlib
 import logging
 
 from senca.errors import SencaInputError
@@ -8,4 +14,24 @@ __version__ = "0.1.0"
 
 logging.getLogger("senca").addHandler(logging.NullHandler())
 
-__all__ = ["SencaInputError", "__version__"]
+# Loaded on first use, so that `senca --help` does not wait for torch and scanpy.
+_LAZY = {
+    "io": "senca.io",
+    "pp": "senca.preprocessing",
+    "tl": "senca.tl",
+    "pl": "senca.plotting",
+    "graph": "senca.graph",
+    "image": "senca.image",
+    "simulation": "senca.simulation",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(_LAZY[name])
+    if name in ("SENCA", "SencaConfig"):
+        return getattr(importlib.import_module("senca.model"), name)
+    raise AttributeError(f"module 'senca' has no attribute {name!r}")
+
+
+__all__ = ["SENCA", "SencaConfig", "SencaInputError", "__version__", "io", "pl", "pp", "tl"]

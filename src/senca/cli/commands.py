@@ -1,0 +1,143 @@
+"""What ``senca run`` and ``senca demo`` do, once the arguments are parsed."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from senca.cli.main import ABLATIONS
+from senca.errors import SencaInputError
+from senca.outputs import check_output_dir, write_outputs
+from senca.pipeline import load_section, run_section
+from senca.settings import RunSettings, read_toml
+
+logger = logging.getLogger(__name__)
+
+
+def scale_epochs(settings: RunSettings, total: int) -> None:
+    """Set the three stages' epochs to sum to ``total``, keeping their proportions."""
+    if total < 1:
+        raise SencaInputError(f"--epochs {total}: expected a positive number of epochs")
+    model = settings.model
+    stages = [model.epochs_warmup, model.epochs_shared, model.epochs_regions]
+    scaled = [round(total * s / max(sum(stages), 1)) for s in stages]
+    scaled[1] += total - sum(scaled)
+    settings.model = model.replace(epochs_warmup=scaled[0], epochs_shared=scaled[1], epochs_regions=scaled[2])
+
+
+def _apply_common(settings: RunSettings, args: argparse.Namespace) -> None:
+    if args.seed is not None:
+        settings.seed = args.seed
+    if args.device is not None:
+        settings.device = args.device
+    if args.epochs is not None:
+        scale_epochs(settings, args.epochs)
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    """Defaults, then the ``--config`` file, then the flags."""
+    settings = RunSettings.from_dict(read_toml(args.config), str(args.config)) if args.config else RunSettings()
+    source = settings.input
+    settings.input = dataclasses.replace(
+        source,
+        path=str(args.input),
+        format=args.format or source.format,
+        sample=args.sample or source.sample,
+        image=str(args.image) if args.image else source.image,
+        image_scale=args.image_scale if args.image_scale is not None else source.image_scale,
+        labels=str(args.labels) if args.labels else source.labels,
+    )
+    image = settings.image
+    settings.image = dataclasses.replace(
+        image,
+        patch_px=args.patch_size or image.patch_px,
+        patch_spots=args.patch_spots or image.patch_spots,
+        features=args.image_features or image.features,
+    )
+    clustering = settings.clustering
+    settings.clustering = dataclasses.replace(
+        clustering,
+        method=args.cluster_method or clustering.method,
+        k=args.k if args.k is not None else clustering.k,
+        refine=clustering.refine and not args.no_refine,
+    )
+    model_changes = dict(ABLATIONS[args.ablation])
+    if args.image_weights:
+        model_changes["image_weights"] = str(args.image_weights)
+    if args.image_arch:
+        model_changes["image_backbone"] = args.image_arch
+    settings.model = settings.model.replace(**model_changes)
+    _apply_common(settings, args)
+    if settings.clustering.k is not None and settings.clustering.k < 2:
+        raise SencaInputError(f"--k {settings.clustering.k}: expected at least 2 regions")
+    return settings
+
+
+def _summary(metrics: dict, out: Path) -> str:
+    parts = [f"{metrics['n_spots']} spots", f"{metrics['n_regions']} regions"]
+    if "ari" in metrics:
+        parts.append(f"ARI {metrics['ari']:.3f}, NMI {metrics['nmi']:.3f} vs labels")
+    return f"senca: {', '.join(parts)}; outputs in {out} (open {out / 'report.html'})"
+
+
+def run(args: argparse.Namespace) -> int:
+    """``senca run``."""
+    settings = settings_from_args(args)
+    check_output_dir(args.out, args.force)  # before hours of work, not after
+    adata = load_section(settings)
+    result = run_section(adata, settings)
+    title = settings.input.sample or Path(settings.input.path).name
+    write_outputs(result, settings, args.out, title=title, force=args.force)
+    print(_summary(result.metrics, args.out))
+    return 0
+
+
+def image_only_score(result, settings: RunSettings) -> float:
+    """ARI of the image branch alone: the same clustering on the self-supervised image features."""
+    import anndata as ad
+    from sklearn.decomposition import PCA
+
+    from senca.clustering import cluster
+    from senca.evaluation import score
+    from senca.pipeline import LABEL_KEY, REGION_KEY
+
+    features = result.model.get_image_features()
+    view = ad.AnnData(obs=result.adata.obs[[LABEL_KEY]].copy(), obsm={"spatial": result.adata.obsm["spatial"]},
+                      obsp={"spatial_connectivities": result.adata.obsp["spatial_connectivities"]})
+    n_comps = min(30, features.shape[1], features.shape[0] - 1)
+    view.obsm["X_image"] = PCA(n_comps, random_state=settings.seed).fit_transform(features)
+    k = result.adata.obs[REGION_KEY].nunique()
+    cluster(view, use_rep="X_image", method=settings.clustering.method, n_clusters=k,
+            refine=settings.clustering.refine, seed=settings.seed, key_added="image_region")
+    return score(view, LABEL_KEY, "image_region")["ari"]
+
+
+def demo(args: argparse.Namespace) -> int:
+    """``senca demo``: simulate, run senca with ST + H&E and with ST only, score the image branch alone."""
+    from senca.simulation import simulate_tissue
+
+    settings = RunSettings()
+    settings.image = dataclasses.replace(settings.image, patch_px=32)
+    _apply_common(settings, args)
+    check_output_dir(args.out, args.force)
+    adata = simulate_tissue(n_spots=args.n_spots, grid=args.grid, seed=settings.seed)
+    logger.info("demo: training senca on ST only")
+    st_only = run_section(adata.copy(), dataclasses.replace(settings, model=settings.model.replace(use_image=False)))
+    logger.info("demo: training senca on ST + H&E")
+    result = run_section(adata, settings)
+    scores = {
+        "ST only": st_only.metrics["ari"],
+        "image only": image_only_score(result, settings),
+        "senca (ST + H&E)": result.metrics["ari"],
+    }
+    result.metrics["demo_ari"] = scores
+    settings.input.path = "simulated"
+    write_outputs(result, settings, args.out, title="simulated tissue", force=args.force)
+    width = max(map(len, scores))
+    print("ARI against the simulated truth:")
+    for name, value in scores.items():
+        print(f"  {name:<{width}}  {value:.3f}")
+    print(f"outputs in {args.out} (open {args.out / 'report.html'})")
+    return 0

@@ -1,0 +1,120 @@
+"""The ``senca`` command: ``senca run`` on a real section, ``senca demo`` on simulated tissue.
+
+Exit codes: 0 success, 2 bad usage or bad input (one clear line), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from senca import __version__
+from senca.errors import SencaInputError
+
+logger = logging.getLogger("senca")
+
+ABLATIONS = {
+    "full": {},
+    "st-only": {"use_image": False},
+    "no-graph": {"use_graph": False},
+    "no-cross-attention": {"cross_attention": False},
+    "unshared": {"shared_encoder": False},
+    "single-level": {"hierarchical": False},
+    "vanilla-contrastive": {"vanilla_contrastive": True},
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        self.exit(2, f"senca: error: {message} (see 'senca {self.prog.split()[-1]} --help')\n" if " " in self.prog
+                  else f"senca: error: {message}\n")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output folder (must not exist or be empty, unless --force)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder (only once the new outputs are complete)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0); the same seed on CPU gives identical results")
+    parser.add_argument("--device", default=None, help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N' (default auto)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="total training epochs over the three stages, split in the default proportions (default: the model's schedule)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="senca", description="Find tissue regions by fusing spatial transcriptomics with the H&E image (SENCA-st).")
+    parser.add_argument("--version", action="version", version=f"senca {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="find regions in a section", description=(
+        "Run senca on one section: a HER2ST-layout folder (with --sample), a Space Ranger folder or an .h5ad file. "
+        "Settings come from the defaults, then --config, then the flags."))
+    run.add_argument("input", type=Path, help="HER2ST-layout folder, Space Ranger output folder or .h5ad file")
+    _add_common(run)
+    run.add_argument("--format", choices=["her2st", "visium", "h5ad"], default=None, help="input format (default: detected)")
+    run.add_argument("--sample", default=None, help="section of a HER2ST-layout folder, e.g. A1")
+    run.add_argument("--image", type=Path, default=None, help="H&E image of a legacy ST section")
+    run.add_argument("--image-scale", type=float, default=None,
+                     help="image pixels per spot-coordinate pixel (HER2ST 2000 px display images: 0.28761); required with --image")
+    run.add_argument("--labels", type=Path, default=None,
+                     help="table of spot id and label (TSV or CSV with a header) to score against; "
+                          "a HER2ST folder's own label file is found without it")
+    run.add_argument("--k", type=int, default=None,
+                     help="number of regions (default: the number of reference labels other than 'undetermined', else chosen by BIC)")
+    run.add_argument("--cluster-method", choices=["gmm", "kmeans", "leiden"], default=None, help="clustering of the embedding (default gmm)")
+    run.add_argument("--no-refine", action="store_true", help="skip the spatial majority-vote refinement of regions")
+    run.add_argument("--patch-size", type=int, default=None, help="H&E patch side in pixels after resizing (default 64)")
+    run.add_argument("--patch-spots", type=float, default=None, help="H&E patch side in spot diameters (default 2.0)")
+    run.add_argument("--image-weights", type=Path, default=None, help="torchvision-format ResNet weight file (default: random init)")
+    run.add_argument("--image-arch", choices=["resnet18", "resnet50"], default=None, help="image backbone (default resnet18)")
+    run.add_argument("--image-features", default=None,
+                     help="precomputed per-spot image features (.npy, spots x features, or an obsm key of the .h5ad) instead of the ResNet")
+    run.add_argument("--ablation", choices=sorted(ABLATIONS), default="full", help="run an ablation of the model (default full)")
+    run.add_argument("--config", type=Path, default=None, help="TOML file of settings (as the config.toml senca writes); flags override it")
+
+    demo = commands.add_parser("demo", help="run the whole pipeline on built-in simulated tissue", description=(
+        "Simulate a section with known regions (NB counts with dropout, H&E-like image), run senca with ST only, "
+        "image only and both, and print the ARI of each against the truth."))
+    _add_common(demo)
+    demo.add_argument("--n-spots", type=int, default=2000, help="spots in the simulated section (default 2000)")
+    demo.add_argument("--grid", choices=["hex", "square"], default="hex", help="spot grid (default hex, like Visium)")
+    return parser
+
+
+def configure_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``senca`` command."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    try:
+        # Imported here so that --help and usage errors answer instantly.
+        from senca.cli.commands import demo, run
+        return run(args) if args.command == "run" else demo(args)
+    except SencaInputError as err:
+        if args.debug:
+            raise
+        print(f"senca: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("senca: interrupted; no outputs were written", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the promise is exit code 1 and one line
+        if args.debug:
+            raise
+        print(f"senca: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""One dataclass for every architecture, loss, schedule and ablation setting of SENCA-st."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+from senca.errors import SencaInputError
+
+__all__ = ["SencaConfig"]
+
+_CHOICES = {
+    "fusion": ("concat", "gate"),
+    "image_backbone": ("resnet18", "resnet50"),
+    "dec_init": ("gmm", "kmeans"),
+}
+
+
+@dataclass
+class SencaConfig:
+    """Settings of the SENCA-st model and its staged self-supervised training.
+
+    Architecture
+        ``hidden_dim`` width of the graph transformer and FFNs; ``latent_dim`` size ``d`` of
+        the shared space (``z_g``, ``z_i``); ``gt_layers`` / ``gt_heads`` graph-transformer
+        depth and heads; ``ca_heads`` heads of the neighbourhood cross-attention;
+        ``dropout``; ``fusion`` ``"concat"`` (embedding ``2d``) or ``"gate"`` (learned
+        gate, embedding ``d``).
+    Image branch
+        ``image_backbone`` ``"resnet18"`` | ``"resnet50"``; ``image_weights`` torchvision-
+        format weight file (random init when ``None``); ``image_batch_size`` patches per
+        self-supervised step; ``freeze_image_after_warmup`` caches the ResNet features
+        after stage 1 so later stages do not run the CNN; ``aug_*`` strengths of the view
+        augmentations.
+    Input
+        ``n_input_pcs`` leading PCs used (all when ``None``); ``target_smoothing_hops``
+        times the reconstruction target is averaged over each spot's neighbourhood
+        (0: reconstruct the raw input).
+    Losses
+        ``w_recon`` reconstruction of the ST input from ``z_g`` (from ``h_g`` in stage 1);
+        ``w_recon_fused`` reconstruction from the fused embedding; ``w_image_view``
+        agreement of two augmented views of each patch; ``w_contrast`` cross-modal
+        InfoNCE (kept low so the modalities align without collapsing onto their common
+        features) at temperature ``temperature`` with ``n_negatives`` sampled negatives and
+        spatial neighbours as extra positives of relative weight ``neighbour_positive_weight``;
+        ``w_dec`` DEC-style region loss (Student-t with ``dec_alpha``; sharpened targets
+        divided by cluster size to the power ``dec_balance``, 1 = DEC; targets refreshed
+        every ``dec_update_interval`` epochs; centres from ``dec_init``) over
+        ``n_clusters`` regions (chosen by BIC over ``n_clusters_range`` when ``None``).
+    Schedule
+        ``epochs_warmup`` (stage 1, branches), ``epochs_shared`` (stage 2, shared
+        encoder), ``epochs_regions`` (stage 3, regions); ``lr``, ``weight_decay``;
+        ``batch_size`` seed spots per mini-batch (full batch when ``None`` and the
+        section has at most ``full_batch_max_spots`` spots); ``seed``.
+    Ablations (each a different code path)
+        ``use_image`` (False: gene branch only); ``use_graph`` (False: MLP instead of the
+        graph transformer); ``cross_attention`` (False: concatenate the branch outputs);
+        ``shared_encoder`` (False: one cross-attention block per direction);
+        ``hierarchical`` (False: spot-level losses only, one stage);
+        ``vanilla_contrastive`` (ConGI-like: cross-modal InfoNCE only, one stage).
+
+    :meth:`to_dict` omits ``None`` values so the result can be written as TOML.
+    """
+
+    hidden_dim: int = 128
+    latent_dim: int = 32
+    gt_layers: int = 2
+    gt_heads: int = 4
+    ca_heads: int = 4
+    dropout: float = 0.1
+    fusion: str = "concat"
+
+    image_backbone: str = "resnet18"
+    image_weights: str | None = None
+    image_batch_size: int = 64
+    freeze_image_after_warmup: bool = True
+    aug_crop_scale: float = 0.8
+    aug_jitter: float = 0.2
+
+    n_input_pcs: int | None = None
+    target_smoothing_hops: int = 1
+    mask_rate: float = 0.0
+    w_recon: float = 1.0
+    w_recon_fused: float = 1.0
+    w_image_view: float = 1.0
+    w_contrast: float = 0.1
+    temperature: float = 0.5
+    n_negatives: int = 256
+    neighbour_positive_weight: float = 0.5
+    w_dec: float = 1.0
+    dec_alpha: float = 1.0
+    dec_balance: float = 1.0
+    dec_update_interval: int = 5
+    dec_init: str = "gmm"
+    n_clusters: int | None = None
+    n_clusters_range: tuple[int, int] = (3, 12)
+
+    epochs_warmup: int = 100
+    epochs_shared: int = 200
+    epochs_regions: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int | None = None
+    full_batch_max_spots: int = 5000
+    seed: int = 0
+
+    use_image: bool = True
+    use_graph: bool = True
+    cross_attention: bool = True
+    shared_encoder: bool = True
+    hierarchical: bool = True
+    vanilla_contrastive: bool = False
+
+    def __post_init__(self) -> None:
+        self.n_clusters_range = tuple(self.n_clusters_range)
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise SencaInputError(f"SencaConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
+        for name in ("hidden_dim", "latent_dim", "gt_layers", "gt_heads", "ca_heads", "image_batch_size", "n_negatives"):
+            if getattr(self, name) < 1:
+                raise SencaInputError(f"SencaConfig.{name}={getattr(self, name)!r}: expected a positive integer")
+        for name in ("epochs_warmup", "epochs_shared", "epochs_regions", "dec_update_interval", "target_smoothing_hops"):
+            if getattr(self, name) < 0:
+                raise SencaInputError(f"SencaConfig.{name}={getattr(self, name)!r}: expected >= 0")
+        if self.latent_dim % self.ca_heads or self.hidden_dim % self.gt_heads:
+            raise SencaInputError(
+                "SencaConfig: latent_dim must be divisible by ca_heads and hidden_dim by gt_heads "
+                f"(got {self.latent_dim}/{self.ca_heads}, {self.hidden_dim}/{self.gt_heads})"
+            )
+        if self.n_clusters is not None and self.n_clusters < 2:
+            raise SencaInputError(f"SencaConfig.n_clusters={self.n_clusters}: expected >= 2 or None")
+        if self.n_input_pcs is not None and self.n_input_pcs < 2:
+            raise SencaInputError(f"SencaConfig.n_input_pcs={self.n_input_pcs}: expected >= 2 or None")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise SencaInputError(f"SencaConfig.batch_size={self.batch_size}: expected >= 1 or None")
+        if not 0 < self.aug_crop_scale <= 1:
+            raise SencaInputError(f"SencaConfig.aug_crop_scale={self.aug_crop_scale}: expected in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the settings, ``None`` values left out (TOML has no null)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SencaConfig:
+        """Build a config from :meth:`to_dict` output (missing keys take their defaults).
+
+        Raises
+        ------
+        SencaInputError
+            An unknown key.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SencaInputError(f"SENCA config: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> SencaConfig:
+        """Copy with some settings changed (validated like the constructor)."""
+        return dataclasses.replace(self, **changes)

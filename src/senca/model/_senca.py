@@ -1,0 +1,395 @@
+"""scvi-tools-style user API of SENCA-st."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from torch_geometric.utils import remove_self_loops, to_undirected
+
+from senca.errors import SencaInputError
+from senca.model._config import SencaConfig
+from senca.model.module import SencaModule
+from senca.training.trainer import (
+    SencaData,
+    StagedTrainer,
+    embed,
+    make_sampler,
+    neighbourhood_mean,
+    spot_image_features,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SENCA"]
+
+_MODEL_FILE = "model.pt"
+_ATTRS_FILE = "attrs.json"
+_FEATURES_FILE = "image_features.npy"
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _obs_hash(adata: AnnData) -> str:
+    return hashlib.sha1("\n".join(map(str, adata.obs_names)).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _deterministic():
+    """Deterministic kernels for the duration of a call, restoring the user's setting after."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _st_input(adata: AnnData, pca_key: str, n_pcs: int | None = None) -> np.ndarray:
+    if pca_key not in adata.obsm:
+        raise SencaInputError(
+            f"AnnData: obsm[{pca_key!r}] is missing; expected (n_obs, n_pcs) PCs (run senca.pp.preprocess first)"
+        )
+    x = np.asarray(adata.obsm[pca_key], dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] != adata.n_obs or x.shape[1] < 2:
+        raise SencaInputError(f"AnnData: obsm[{pca_key!r}] has shape {x.shape}; expected ({adata.n_obs}, n_pcs >= 2)")
+    if not np.isfinite(x).all():
+        raise SencaInputError(f"AnnData: obsm[{pca_key!r}] contains NaN or infinite values")
+    return x if n_pcs is None else x[:, :n_pcs]
+
+
+def _edge_index(adata: AnnData, graph_key: str) -> torch.Tensor:
+    if graph_key not in adata.obsp:
+        raise SencaInputError(
+            f"AnnData: obsp[{graph_key!r}] is missing; expected a sparse spots x spots spatial graph "
+            "(run senca.graph.spatial_graph first)"
+        )
+    coo = sp.coo_matrix(adata.obsp[graph_key])
+    ei = torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))
+    ei, _ = remove_self_loops(ei)
+    ei = to_undirected(ei, num_nodes=adata.n_obs)
+    if ei.shape[1] == 0:
+        raise SencaInputError(f"AnnData: obsp[{graph_key!r}] has no edges between distinct spots")
+    return ei
+
+
+def _make_data(adata: AnnData, x: np.ndarray, graph_key: str, config: SencaConfig) -> SencaData:
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    edge_index = _edge_index(adata, graph_key)
+    target = neighbourhood_mean(x, edge_index, config.target_smoothing_hops)
+    return SencaData(x, edge_index, target=target)
+
+
+def _patches(adata: AnnData, patches: Any) -> torch.Tensor:
+    arr = np.asarray(patches)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != adata.n_obs or arr.shape[1] != 3 or arr.shape[2] != arr.shape[3]:
+        raise SencaInputError(
+            f"patches: got dtype {arr.dtype} shape {arr.shape}; expected uint8 ({adata.n_obs}, 3, P, P) "
+            "(see senca.image.extract_patches)"
+        )
+    if arr.shape[2] < 16:
+        raise SencaInputError(f"patches: side {arr.shape[2]} px is too small for a ResNet; expected >= 16")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _image_features(adata: AnnData, image_features: Any) -> torch.Tensor:
+    if isinstance(image_features, str):
+        if image_features not in adata.obsm:
+            raise SencaInputError(f"AnnData: obsm[{image_features!r}] (image_features) is missing")
+        name, arr = f"obsm[{image_features!r}]", np.asarray(adata.obsm[image_features], dtype=np.float32)
+    else:
+        name, arr = "image_features", np.asarray(image_features, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] != adata.n_obs:
+        raise SencaInputError(f"{name}: shape {arr.shape}; expected ({adata.n_obs}, n_features)")
+    if not np.isfinite(arr).all():
+        raise SencaInputError(f"{name}: contains NaN or infinite values")
+    # Foundation-model features come on any scale; standardise each column.
+    arr = (arr - arr.mean(0)) / np.maximum(arr.std(0), 1e-6)
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+class SENCA:
+    """SENCA-st: Shared Encoder with Neighbourhood Cross-Attention over ST + H&E.
+
+    Parameters
+    ----------
+    adata
+        Section with ``obsm[pca_key]`` (PCs of log-normalised HVGs) and
+        ``obsp[graph_key]`` (spatial graph).
+    config
+        Settings; defaults to :class:`SencaConfig`. Keyword arguments override single fields,
+        e.g. ``SENCA(adata, latent_dim=16, use_graph=False)``.
+    patches
+        ``uint8 (n_obs, 3, P, P)`` H&E patches around each spot (ResNet image branch).
+    image_features
+        Precomputed per-spot image features in place of the ResNet: an ``(n_obs, f)``
+        array or the name of an ``obsm`` key.
+    pca_key, graph_key
+        Where to read the ST input and the graph.
+    device
+        ``"auto"`` (CUDA when present, else CPU), or a torch device string.
+
+    Examples
+    --------
+    >>> model = senca.model.SENCA(adata, patches=patches, n_clusters=5)
+    >>> model.train()
+    >>> adata.obsm["X_senca"] = model.get_latent_representation()
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        config: SencaConfig | None = None,
+        *,
+        patches: np.ndarray | None = None,
+        image_features: np.ndarray | str | None = None,
+        pca_key: str = "X_pca",
+        graph_key: str = "spatial_connectivities",
+        device: str | torch.device = "auto",
+        **config_overrides: Any,
+    ):
+        config = config or SencaConfig()
+        if config_overrides:
+            known = {f.name for f in dataclasses.fields(SencaConfig)}
+            unknown = sorted(set(config_overrides) - known)
+            if unknown:
+                raise SencaInputError(f"SENCA: unknown setting(s) {unknown}")
+            config = config.replace(**config_overrides)
+        x = _st_input(adata, pca_key, config.n_input_pcs)
+        x_scale = float(np.sqrt(np.mean(x**2)))
+        data = _make_data(adata, x / x_scale, graph_key, config)
+        if patches is not None and image_features is not None:
+            raise SencaInputError("SENCA: give either patches or image_features, not both")
+        image_mode = "none"
+        if not config.use_image:
+            if patches is not None or image_features is not None:
+                logger.info("use_image=False: ignoring the image input")
+        elif image_features is not None:
+            data.image_features = _image_features(adata, image_features)
+            image_mode = "features"
+        elif patches is not None:
+            data.patches = _patches(adata, patches)
+            image_mode = "resnet"
+        if config.vanilla_contrastive and image_mode == "none":
+            raise SencaInputError("SENCA: vanilla_contrastive needs an image (patches or image_features)")
+        self._build(adata, config, data, image_mode, x_scale, pca_key, graph_key, device)
+
+    def _build(self, adata, config, data, image_mode, x_scale, pca_key, graph_key, device) -> None:
+        self.adata = adata
+        self.config = config
+        self.data = data
+        self.x_scale = x_scale
+        self.pca_key, self.graph_key = pca_key, graph_key
+        self.device = _resolve_device(device)
+        feature_dim = data.image_features.shape[1] if image_mode == "features" else None
+        torch.manual_seed(config.seed)
+        self.module = SencaModule(data.x.shape[1], config, image_mode, feature_dim)
+        self.history: dict[str, pd.DataFrame] = {}
+        self.is_trained = False
+        logger.info(
+            "SENCA: %d spots, %d edges, %d inputs, image=%s", data.n_obs, data.edge_index.shape[1], data.x.shape[1], image_mode
+        )
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"SENCA(n_obs={self.data.n_obs}, image={self.module.image_mode!r}, latent_dim={c.latent_dim}, "
+            f"embedding_dim={self.module.embedding_dim}, trained={self.is_trained})"
+        )
+
+    def train(
+        self,
+        epochs_warmup: int | None = None,
+        epochs_shared: int | None = None,
+        epochs_regions: int | None = None,
+        n_clusters: int | None = None,
+        batch_size: int | None = None,
+        progress_bar: bool = True,
+    ) -> SENCA:
+        """Run the three training stages; fills :attr:`history` and ``adata.obsm["X_senca"]``.
+
+        Parameters
+        ----------
+        epochs_warmup, epochs_shared, epochs_regions
+            Stage lengths (config values when ``None``).
+        n_clusters
+            Number of regions of the DEC stage (config value, else chosen by BIC).
+        batch_size
+            Seed spots per subgraph mini-batch (config value when ``None``).
+        progress_bar
+            Show a tqdm progress bar.
+
+        Returns
+        -------
+        The model itself.
+        """
+        changes = {
+            k: v
+            for k, v in dict(
+                epochs_warmup=epochs_warmup,
+                epochs_shared=epochs_shared,
+                epochs_regions=epochs_regions,
+                n_clusters=n_clusters,
+                batch_size=batch_size,
+            ).items()
+            if v is not None
+        }
+        if changes:
+            self.config = self.config.replace(**changes)
+            self.module.config = self.config
+        with _deterministic():
+            torch.manual_seed(self.config.seed)
+            trainer = StagedTrainer(self.module, self.data, self.config, self.device, progress_bar)
+            self.history = trainer.fit()
+        self.is_trained = True
+        self.adata.obsm["X_senca"] = self.get_latent_representation()
+        return self
+
+    def get_latent_representation(self) -> np.ndarray:
+        """Fused embedding ``X_senca`` of every spot, ``(n_obs, embedding_dim)`` float32."""
+        with _deterministic():
+            z = embed(self.module, self.data, make_sampler(self.module, self.data, self.config), self.device)
+        return z.numpy()
+
+    def get_image_features(self) -> np.ndarray:
+        """Per-spot features of the image branch alone, before any fusion with expression.
+
+        For the ResNet branch: its pooled features (trained only by the view-agreement loss);
+        for precomputed features: those features, standardised. Used to score an image-only
+        baseline with the same clustering.
+
+        Raises
+        ------
+        SencaInputError
+            The model has no image branch.
+        """
+        if not self.module.has_image:
+            raise SencaInputError("SENCA: the model has no image branch (use_image=False or no image given)")
+        if self.data.image_features is None:
+            with _deterministic():
+                return spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu().numpy()
+        return self.data.image_features.numpy().copy()
+
+    def get_region_probabilities(self) -> np.ndarray:
+        """Soft assignment of every spot to the DEC region centres, ``(n_obs, k)``.
+
+        Raises
+        ------
+        SencaInputError
+            The region stage has not run (``epochs_regions=0`` or ``hierarchical=False``).
+        """
+        if self.module.centres is None:
+            raise SencaInputError("SENCA: no region centres; train with the region stage (epochs_regions > 0) first")
+        z = torch.from_numpy(self.get_latent_representation()).to(self.device)
+        with torch.no_grad():
+            return self.module.soft_assignment(z).cpu().numpy()
+
+    def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
+        """Write weights, settings, history and (for the ResNet branch) cached image features.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to create.
+        overwrite
+            Replace an existing model there.
+        """
+        path = Path(dir_path)
+        if (path / _MODEL_FILE).exists() and not overwrite:
+            raise SencaInputError(f"{path}: already holds a saved model; pass overwrite=True to replace it")
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.module.state_dict(), path / _MODEL_FILE)
+        attrs = {
+            "config": self.config.to_dict(),
+            "n_input": int(self.data.x.shape[1]),
+            "n_obs": int(self.data.n_obs),
+            "obs_hash": _obs_hash(self.adata),
+            "x_scale": self.x_scale,
+            "image_mode": self.module.image_mode,
+            "image_feature_dim": self.module.image_feature_dim,
+            "n_centres": None if self.module.centres is None else int(self.module.centres.shape[0]),
+            "pca_key": self.pca_key,
+            "graph_key": self.graph_key,
+            "is_trained": self.is_trained,
+            "history": {k: v.to_dict(orient="list") for k, v in self.history.items()},
+        }
+        (path / _ATTRS_FILE).write_text(json.dumps(attrs, indent=1))
+        if self.module.image_mode == "resnet" and self.data.image_features is not None:
+            np.save(path / _FEATURES_FILE, self.data.image_features.numpy())
+        logger.info("saved SENCA model to %s", path)
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | Path,
+        adata: AnnData,
+        *,
+        patches: np.ndarray | None = None,
+        image_features: np.ndarray | str | None = None,
+        device: str | torch.device = "auto",
+    ) -> SENCA:
+        """Load a model written by :meth:`save` for ``adata``.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            The section (same spots, ``obsm[pca_key]`` and ``obsp[graph_key]``).
+        patches, image_features
+            The image input used in training. For the ResNet branch the cached features are
+            reused when ``patches`` is not given (same spots only).
+        device
+            As in :class:`SENCA`.
+        """
+        path = Path(dir_path)
+        try:
+            attrs = json.loads((path / _ATTRS_FILE).read_text())
+            state = torch.load(path / _MODEL_FILE, map_location="cpu", weights_only=True)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise SencaInputError(f"{path}: not a saved SENCA model ({err})") from err
+        config = SencaConfig.from_dict(attrs["config"])
+        mode, pca_key, graph_key = attrs["image_mode"], attrs["pca_key"], attrs["graph_key"]
+        x = _st_input(adata, pca_key, config.n_input_pcs)
+        if x.shape[1] != attrs["n_input"]:
+            raise SencaInputError(f"AnnData: obsm[{pca_key!r}] has {x.shape[1]} columns; model {path} expects {attrs['n_input']}")
+        data = _make_data(adata, x / attrs["x_scale"], graph_key, config)
+        if mode == "features":
+            if image_features is None:
+                raise SencaInputError(f"{path}: model uses precomputed image features; pass image_features=")
+            data.image_features = _image_features(adata, image_features)
+        elif mode == "resnet" and patches is not None:
+            data.patches = _patches(adata, patches)
+        elif mode == "resnet":
+            same_spots = adata.n_obs == attrs["n_obs"] and _obs_hash(adata) == attrs["obs_hash"]
+            if not (same_spots and (path / _FEATURES_FILE).exists()):
+                raise SencaInputError(f"{path}: model uses H&E patches; pass patches= for these spots")
+            data.image_features = torch.from_numpy(np.load(path / _FEATURES_FILE))
+        obj = cls.__new__(cls)
+        # The weight file was only needed to initialise; the saved state holds the weights.
+        obj._build(adata, config.replace(image_weights=None), data, mode, attrs["x_scale"], pca_key, graph_key, device)
+        obj.config = obj.module.config = config
+        if attrs["n_centres"]:
+            obj.module.centres = torch.nn.Parameter(torch.zeros(attrs["n_centres"], obj.module.embedding_dim))
+        obj.module.load_state_dict(state)
+        obj.module.to(obj.device).eval()
+        if mode == "resnet" and data.image_features is None:
+            # Recompute the frozen features once, as training did after the warm-up.
+            data.image_features = spot_image_features(obj.module, data, torch.arange(data.n_obs), obj.device, grad=False).cpu()
+        obj.history = {k: pd.DataFrame(v) for k, v in attrs["history"].items()}
+        obj.is_trained = attrs["is_trained"]
+        return obj

@@ -1,0 +1,175 @@
+"""Layers of SENCA-st, all O(spots + edges) in memory.
+
+- :class:`GraphTransformer` ST branch (multi-head attention over the spatial graph's edges).
+- :class:`MLPEncoder` the "no graph" ablation of the ST branch.
+- :class:`NeighbourhoodCrossAttention` sparse cross-attention of one modality over the other
+  modality's features on each spot's neighbourhood N(i) + {i}.
+- :class:`SharedEncoderBlock` cross-attention + FFN, residual, LayerNorm; one instance serves
+  both directions (gene <- image, image <- gene).
+- :class:`GatedFusion` learned per-dimension gate between ``z_g`` and ``z_i``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch_geometric.nn import TransformerConv
+from torch_geometric.utils import add_remaining_self_loops, scatter, softmax
+
+__all__ = ["GraphTransformer", "MLPEncoder", "NeighbourhoodCrossAttention", "SharedEncoderBlock", "GatedFusion"]
+
+
+class GraphTransformer(nn.Module):
+    """Graph transformer over a spatial graph (pre-LayerNorm residual layers).
+
+    ``h = h + Dropout(GELU(TransformerConv(LN(h))))`` repeated ``n_layers`` times after an
+    input projection, then a linear projection to ``out_dim``. The residual stream is never
+    normalised itself, so a spot's distance from the section mean (how strongly it expresses
+    a programme) survives into the output; a final LayerNorm would put every spot on a
+    sphere and scatter weak-signal spots across it.
+
+    Parameters
+    ----------
+    in_dim
+        Input features per spot (e.g. number of PCs).
+    hidden_dim
+        Width of the attention layers (split over ``heads``).
+    out_dim
+        Output size.
+    n_layers
+        Number of attention layers (= hops of context).
+    heads
+        Attention heads per layer.
+    dropout
+        Dropout on the input and after each layer.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, n_layers: int = 2, heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.input = nn.Linear(in_dim, hidden_dim)
+        self.convs = nn.ModuleList(
+            TransformerConv(hidden_dim, hidden_dim // heads, heads=heads, concat=True) for _ in range(n_layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(n_layers))
+        self.output = nn.Linear(hidden_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        h = self.input(self.dropout(x))
+        for conv, norm in zip(self.convs, self.norms):
+            h = h + self.dropout(self.act(conv(norm(h), edge_index)))
+        return self.output(h)
+
+
+class MLPEncoder(nn.Module):
+    """The "no graph" ablation: same shape as :class:`GraphTransformer`, no message passing."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, n_layers: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.input = nn.Linear(in_dim, hidden_dim)
+        self.layers = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(n_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(n_layers))
+        self.output = nn.Linear(hidden_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.input(self.dropout(x))
+        for layer, norm in zip(self.layers, self.norms):
+            h = h + self.dropout(self.act(layer(norm(h))))
+        return self.output(h)
+
+
+class NeighbourhoodCrossAttention(nn.Module):
+    """Multi-head attention of ``query`` spots over ``key_value`` features of their neighbourhood.
+
+    For every spot ``i`` the attention runs over ``j in N(i) + {i}`` only: scores are computed
+    per edge and normalised per target spot (:func:`torch_geometric.utils.softmax`), values
+    are summed per target (:func:`torch_geometric.utils.scatter`). Memory is O(edges x dim);
+    no spots x spots matrix is formed.
+
+    Parameters
+    ----------
+    dim
+        Feature size of both inputs and of the output.
+    heads
+        Attention heads (``dim`` must be divisible by ``heads``).
+    dropout
+        Dropout on the attention weights.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.attn_dropout = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """Attend.
+
+        Parameters
+        ----------
+        query
+            ``(n, dim)`` features of the attending modality.
+        key_value
+            ``(n, dim)`` features of the attended modality.
+        edge_index
+            ``(2, E)`` spatial graph, row 0 the neighbour ``j`` (source), row 1 the spot ``i``
+            (target); self loops are added here so that ``i`` also sees its own features.
+
+        Returns
+        -------
+        ``(n, dim)`` attention output per spot.
+        """
+        n = query.shape[0]
+        edge_index, _ = add_remaining_self_loops(edge_index, num_nodes=n)
+        src, dst = edge_index
+        q = self.q(query).view(n, self.heads, self.head_dim)[dst]
+        k = self.k(key_value).view(n, self.heads, self.head_dim)[src]
+        v = self.v(key_value).view(n, self.heads, self.head_dim)[src]
+        score = (q * k).sum(-1) / math.sqrt(self.head_dim)  # (E, heads)
+        alpha = self.attn_dropout(softmax(score, dst, num_nodes=n))
+        out = scatter(alpha.unsqueeze(-1) * v, dst, dim=0, dim_size=n, reduce="sum")
+        return self.out(out.reshape(n, -1))
+
+
+class SharedEncoderBlock(nn.Module):
+    """Pre-LayerNorm transformer block: neighbourhood cross-attention, then FFN, each residual.
+
+    ``h = query + attn(LN_q(query), LN_kv(key_value)); z = h + FFN(LN(h))``. SENCA applies ONE
+    instance in both directions, so gene <- image and image <- gene share every weight. The
+    LayerNorms sit on the branch inputs (which also puts the two modalities on one scale);
+    the residual stream stays unnormalised, as in :class:`GraphTransformer`.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.attn = NeighbourhoodCrossAttention(dim, heads)
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, dim))
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        h = query + self.dropout(self.attn(self.norm_q(query), self.norm_kv(key_value), edge_index))
+        return h + self.dropout(self.ffn(self.norm_ffn(h)))
+
+
+class GatedFusion(nn.Module):
+    """``z = g * z_g + (1 - g) * z_i`` with ``g = sigmoid(W [z_g, z_i])`` per dimension."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Linear(2 * dim, dim)
+
+    def forward(self, z_g: torch.Tensor, z_i: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(torch.cat([z_g, z_i], dim=-1)))
+        return g * z_g + (1 - g) * z_i

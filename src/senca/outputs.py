@@ -1,0 +1,132 @@
+"""Writing a run's outputs: all files or none, never over a folder the user has without ``force``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scanpy as sc
+
+from senca import plotting
+from senca.errors import SencaInputError
+from senca.evaluation import markers as find_markers
+from senca.pipeline import LABEL_KEY, REGION_KEY, RunResult
+from senca.plotting.report import write_report
+from senca.settings import RunSettings, dump_toml
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("regions.csv", "senca.h5ad", "regions.png", "umap.png", "markers.csv", "markers.png",
+                "metrics.json", "config.toml", "report.html")
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse an existing, non-empty output folder unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise SencaInputError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SencaInputError(f"{out}: output folder exists and is not empty; pass --force to replace it, or choose another --out")
+
+
+def _region_table(adata: ad.AnnData) -> pd.DataFrame:
+    obs = adata.obs
+    table = obs.groupby(REGION_KEY, observed=True).agg(
+        spots=(REGION_KEY, "size"), mean_confidence=(f"{REGION_KEY}_confidence", "mean")).reset_index()
+    if LABEL_KEY in obs and obs[LABEL_KEY].notna().any():
+        majority = obs.groupby(REGION_KEY, observed=True)[LABEL_KEY].agg(
+            lambda s: s.value_counts().index[0] if s.notna().any() else "")
+        table["most common reference label"] = table[REGION_KEY].map(majority)
+    return table.rename(columns={REGION_KEY: "region"})
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=150, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+
+
+def _h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
+    """A copy whose ``uns`` holds only what h5ad can store (no tuples, no None)."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items() if v is not None}
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+    out = adata.copy()
+    out.uns = clean(dict(out.uns))
+    return out
+
+
+def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: str, force: bool = False) -> Path:
+    """Write every output of a run into ``out``, atomically.
+
+    Everything is written into a temporary folder beside ``out`` and moved into place only when
+    all files exist; on any failure the temporary folder is removed and ``out`` is untouched.
+
+    Returns
+    -------
+    ``out``.
+    """
+    out = Path(out)
+    check_output_dir(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        _write_all(result, settings, staging, title)
+        if out.exists():
+            previous = out.with_name(f".{out.name}.previous")
+            shutil.rmtree(previous, ignore_errors=True)
+            out.rename(previous)
+            staging.rename(out)
+            shutil.rmtree(previous)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("outputs written to %s", out)
+    return out
+
+
+def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: str) -> None:
+    adata = result.adata
+    seed = settings.seed
+    xy = np.asarray(adata.obsm["spatial"])[:, :2]
+    regions = pd.DataFrame({
+        "spot": adata.obs_names, "x": xy[:, 0], "y": xy[:, 1],
+        "region": adata.obs[REGION_KEY].astype(str).to_numpy(),
+        "confidence": adata.obs[f"{REGION_KEY}_confidence"].to_numpy(),
+    })
+    if LABEL_KEY in adata.obs:
+        regions["label"] = adata.obs[LABEL_KEY].astype("string").to_numpy()
+    regions.to_csv(folder / "regions.csv", index=False)
+
+    markers = find_markers(adata, groupby=REGION_KEY, n_genes=10)
+    markers.to_csv(folder / "markers.csv", index=False)
+
+    sc.pp.neighbors(adata, use_rep="X_senca", n_neighbors=15, random_state=seed, key_added="senca_neighbors")
+    sc.tl.umap(adata, neighbors_key="senca_neighbors", random_state=seed)
+
+    _save(plotting.regions(adata, REGION_KEY, LABEL_KEY, title=title), folder / "regions.png")
+    _save(plotting.embedding(adata, "X_umap", REGION_KEY, title="UMAP of the senca embedding"), folder / "umap.png")
+    _save(plotting.marker_dotplot(adata, markers, REGION_KEY, n_genes=3), folder / "markers.png")
+
+    metrics = dict(result.metrics)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    config_text = dump_toml(settings.to_dict())
+    (folder / "config.toml").write_text(config_text)
+    _h5ad_safe(adata).write_h5ad(folder / "senca.h5ad", compression="gzip")
+
+    write_report(folder / "report.html", title, metrics,
+                 {"regions": folder / "regions.png", "umap": folder / "umap.png", "markers": folder / "markers.png"},
+                 markers, _region_table(adata), config_text)
+    missing = [name for name in OUTPUT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise RuntimeError(f"outputs not written: {missing}")

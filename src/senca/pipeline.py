@@ -1,0 +1,141 @@
+"""The whole job on one section: read, preprocess, graph, patches, SENCA, regions, scores.
+
+Shared by the command line and the benchmarks, so both run exactly the same method.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+from senca import io
+from senca.clustering import cluster
+from senca.errors import SencaInputError
+from senca.evaluation import n_clusters_from_labels, score
+from senca.graph import spatial_graph
+from senca.image import extract_patches
+from senca.model import SENCA
+from senca.preprocessing import preprocess
+from senca.settings import RunSettings
+
+logger = logging.getLogger(__name__)
+
+LABEL_KEY = "label"
+REGION_KEY = "senca_region"
+
+
+@dataclass
+class RunResult:
+    """A finished run: the section with ``obsm["X_senca"]`` and regions, the model, and numbers."""
+
+    adata: ad.AnnData
+    model: SENCA
+    metrics: dict = field(default_factory=dict)
+
+
+def load_section(settings: RunSettings) -> ad.AnnData:
+    """Read the input named in ``settings.input``."""
+    source = settings.input
+    if not source.path:
+        raise SencaInputError("no input given; expected a HER2ST-layout folder, a Space Ranger folder or an .h5ad file")
+    return io.read(source.path, format=source.format, sample=source.sample, image=source.image,
+                   image_scale=source.image_scale, labels=source.labels)
+
+
+def has_image(adata: ad.AnnData) -> bool:
+    """Whether any library of the section carries an H&E image."""
+    return any(library.get("images") for library in adata.uns.get("spatial", {}).values())
+
+
+def _image_features(adata: ad.AnnData, spec: str) -> np.ndarray:
+    if spec in adata.obsm:
+        return np.asarray(adata.obsm[spec], dtype=np.float32)
+    path = Path(spec)
+    if path.suffix != ".npy":
+        raise SencaInputError(f"image features {spec!r}: expected an obsm key of the input or an .npy file")
+    if not path.is_file():
+        raise SencaInputError(f"{path}: image feature file not found")
+    try:
+        features = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise SencaInputError(f"{path}: cannot read as a NumPy array ({err})") from err
+    if features.ndim != 2 or features.shape[0] != adata.n_obs:
+        raise SencaInputError(f"{path}: image features have shape {features.shape}; expected ({adata.n_obs} spots, n_features)")
+    return features.astype(np.float32)
+
+
+def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
+    """Run senca on one section.
+
+    Parameters
+    ----------
+    adata
+        The section as read (raw counts in ``X``).
+    settings
+        All settings; ``settings.clustering.k`` ``None`` means: the number of reference labels
+        (other than "undetermined") when the section has labels, otherwise chosen by BIC.
+
+    Returns
+    -------
+    The preprocessed section with ``obsm["X_senca"]``, ``obs["senca_region"]``,
+    ``obs["senca_region_confidence"]``, the trained model and metrics (ARI/NMI when labels exist,
+    seconds per step, peak memory).
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    image_features = _image_features(adata, settings.image.features) if settings.image.features else None
+    kept = adata.obs_names
+    pp = settings.preprocessing
+    adata = preprocess(adata, min_counts=pp.min_counts, min_spots=pp.min_spots, n_top_genes=pp.n_top_genes,
+                       n_comps=pp.n_comps, seed=settings.seed)
+    if image_features is not None:
+        image_features = image_features[kept.get_indexer(adata.obs_names)]
+    spatial_graph(adata, method=settings.graph.method, radius=settings.graph.radius, n_neighbors=settings.graph.n_neighbors)
+    timings["preprocess_s"] = time.perf_counter() - start
+
+    config = settings.model.replace(seed=settings.seed)
+    patches = None
+    if config.use_image and image_features is None:
+        if has_image(adata):
+            step = time.perf_counter()
+            patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px)
+            timings["patches_s"] = time.perf_counter() - step
+        else:
+            logger.warning("the section has no H&E image: running on the transcriptomics alone")
+            config = config.replace(use_image=False)
+
+    k = settings.clustering.k
+    if k is None and LABEL_KEY in adata.obs and adata.obs[LABEL_KEY].notna().any():
+        k = n_clusters_from_labels(adata, LABEL_KEY)
+        logger.info("k = %d, the number of reference labels other than 'undetermined'", k)
+    config = config.replace(n_clusters=k)
+
+    step = time.perf_counter()
+    model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=settings.device)
+    model.train()
+    adata.obsm["X_senca"] = model.get_latent_representation()
+    timings["train_s"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=k,
+            refine=settings.clustering.refine, seed=settings.seed, key_added=REGION_KEY)
+    timings["cluster_s"] = time.perf_counter() - step
+    timings["total_s"] = time.perf_counter() - start
+
+    metrics: dict = {
+        "n_spots": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "n_regions": int(adata.obs[REGION_KEY].nunique()),
+        "image": "features" if image_features is not None else ("patches" if patches is not None else "none"),
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if LABEL_KEY in adata.obs and adata.obs[LABEL_KEY].notna().any():
+        metrics.update(score(adata, LABEL_KEY, REGION_KEY))
+    return RunResult(adata=adata, model=model, metrics=metrics)

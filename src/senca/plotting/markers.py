@@ -1,0 +1,76 @@
+"""Dot plot of marker genes per region."""
+
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from matplotlib.figure import Figure
+
+from senca.errors import SencaInputError
+
+
+def marker_dotplot(
+    adata: ad.AnnData,
+    markers: pd.DataFrame,
+    groupby: str = "senca_region",
+    n_genes: int = 3,
+    layer: str | None = "lognorm",
+) -> Figure:
+    """Dots per region x marker gene: size = fraction of the region's spots expressing the gene,
+    colour = mean expression scaled 0..1 per gene.
+
+    Parameters
+    ----------
+    adata
+        Section with ``obs[groupby]`` and log-normalised expression (``layers[layer]`` or ``X``).
+    markers
+        Table with columns ``region``, ``rank`` and ``gene`` (as :func:`senca.tl.markers` returns).
+    groupby
+        Region column.
+    n_genes
+        Top genes shown per region.
+    layer
+        Expression layer; ``X`` when ``None`` or absent.
+
+    Returns
+    -------
+    The matplotlib figure.
+    """
+    for column in ("region", "rank", "gene"):
+        if column not in markers.columns:
+            raise SencaInputError(f"marker table lacks column {column!r}; expected the output of senca.tl.markers")
+    top = markers[markers["rank"] < n_genes].sort_values(["region", "rank"])
+    genes = list(dict.fromkeys(top["gene"]))
+    if not genes:
+        raise SencaInputError("marker table holds no genes to plot")
+    data = adata.layers[layer] if layer and layer in adata.layers else adata.X
+    data = data[:, adata.var_names.get_indexer(genes)]
+    data = data.toarray() if sp.issparse(data) else np.asarray(data)
+    groups = adata.obs[groupby].astype(str).to_numpy()
+    regions = [str(r) for r in (adata.obs[groupby].cat.categories if hasattr(adata.obs[groupby], "cat") else sorted(set(groups)))]
+    mean = np.array([data[groups == r].mean(axis=0) for r in regions])
+    frac = np.array([(data[groups == r] > 0).mean(axis=0) for r in regions])
+    span = mean.max(axis=0) - mean.min(axis=0)
+    scaled = (mean - mean.min(axis=0)) / np.where(span > 0, span, 1.0)
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.42 * len(genes) + 2.8), max(2.6, 0.45 * len(regions) + 1.8)))
+    gx, gy = np.meshgrid(np.arange(len(genes)), np.arange(len(regions)))
+    dots = ax.scatter(gx.ravel(), gy.ravel(), s=(frac.ravel() * 14) ** 2 + 2, c=scaled.ravel(), cmap="Reds",
+                      vmin=0, vmax=1, edgecolors="#555555", linewidths=0.4)
+    ax.set_xticks(range(len(genes)), genes, rotation=90, fontsize=9)
+    ax.set_yticks(range(len(regions)), [f"region {r}" for r in regions], fontsize=9)
+    ax.set_xlim(-0.7, len(genes) - 0.3)
+    ax.set_ylim(len(regions) - 0.5, -0.5)
+    ax.grid(color="#eeeeee", linewidth=0.5)
+    ax.set_axisbelow(True)
+    colourbar = fig.colorbar(dots, ax=ax, fraction=0.04, pad=0.02)
+    colourbar.set_label("mean expression (scaled per gene)", fontsize=8)
+    for fraction in (0.25, 0.5, 1.0):
+        ax.scatter([], [], s=(fraction * 14) ** 2 + 2, c="#bbbbbb", edgecolors="#555555", linewidths=0.4, label=f"{fraction:.0%}")
+    ax.legend(title="spots expressing", loc="upper left", bbox_to_anchor=(1.18, 1.0), frameon=False, fontsize=8, title_fontsize=8, labelspacing=1.1)
+    ax.set_title(f"top {n_genes} marker genes per region", fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,150 @@
+"""Region maps over the H&E image and embedding plots (``senca.pl``)."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import matplotlib
+
+matplotlib.use("Agg")  # senca draws to files; never needs a display
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from senca.errors import SencaInputError
+
+logger = logging.getLogger(__name__)
+
+_IGNORED_LABELS = ("undetermined",)
+
+
+def region_palette(categories: list[str]) -> dict[str, str]:
+    """Distinct, colour-blind-friendlier colours for up to 20 regions (grey for 'undetermined')."""
+    base = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20b").colors)
+    palette = {}
+    colours = iter(base)
+    for category in categories:
+        palette[category] = "#9e9e9e" if str(category).lower() in _IGNORED_LABELS else matplotlib.colors.to_hex(next(colours))
+    return palette
+
+
+def _image_and_extent(adata: ad.AnnData):
+    """The section image, the scale to it, and the crop window around the spots (in image px)."""
+    for library in adata.uns.get("spatial", {}).values():
+        images, scalefactors = library.get("images", {}), library.get("scalefactors", {})
+        for resolution in ("hires", "lowres"):
+            if resolution in images and f"tissue_{resolution}_scalef" in scalefactors:
+                image = np.asarray(images[resolution])
+                scale = float(scalefactors[f"tissue_{resolution}_scalef"])
+                diameter = float(scalefactors.get("spot_diameter_fullres", 0.0)) * scale
+                return image, scale, diameter
+    return None, 1.0, 0.0
+
+
+def _spot_size_points(ax, diameter_data: float) -> float:
+    """Marker area (points^2) that draws a circle ``diameter_data`` data units across."""
+    ax.figure.canvas.draw()
+    x0, x1 = ax.get_xlim()
+    width_px = ax.get_window_extent().width
+    points = diameter_data * width_px / abs(x1 - x0) * 72.0 / ax.figure.dpi
+    return max(points, 1.0) ** 2
+
+
+def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, palette: dict[str, str] | None = None) -> dict[str, str]:
+    values = adata.obs[key]
+    categories = [str(c) for c in (values.cat.categories if hasattr(values, "cat") else sorted(values.dropna().unique()))]
+    palette = palette or region_palette(categories)
+    image, scale, diameter = _image_and_extent(adata)
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
+    if diameter <= 0:
+        from senca.graph import spot_spacing
+        diameter = 0.8 * spot_spacing(xy)
+    margin = 1.5 * diameter
+    x0, y0 = xy.min(axis=0) - margin
+    x1, y1 = xy.max(axis=0) + margin
+    if image is not None:
+        ax.imshow(image, interpolation="lanczos")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)  # image convention: y grows downwards
+    ax.set_aspect("equal")
+    size = _spot_size_points(ax, diameter)
+    labels = values.astype("string").fillna("(none)").to_numpy()
+    for category in categories + ["(none)"]:
+        mask = labels == category
+        if mask.any():
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette.get(category, "#ffffff"),
+                       alpha=0.75 if image is not None else 1.0, linewidths=0.3, edgecolors="white")
+    counts = pd.Series(labels).value_counts()
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=9, markerfacecolor=palette[c],
+                      markeredgecolor="white", label=f"{c} ({counts.get(c, 0)})") for c in categories]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9, title=key)
+    ax.set_title(title, fontsize=11)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    return palette
+
+
+def regions(
+    adata: ad.AnnData,
+    key: str = "senca_region",
+    label_key: str | None = "label",
+    title: str | None = None,
+) -> Figure:
+    """Regions drawn as spots over the H&E image, with a legend (region and spot count).
+
+    Parameters
+    ----------
+    adata
+        Section with ``obsm["spatial"]`` and ``obs[key]``.
+    key
+        Categorical column to colour by.
+    label_key
+        When this column exists (e.g. pathologist labels), it is drawn in a second panel beside
+        the regions; ``None`` to skip.
+    title
+        Figure title.
+
+    Returns
+    -------
+    The matplotlib figure (not saved).
+    """
+    if key not in adata.obs:
+        raise SencaInputError(f"AnnData: obs[{key!r}] is missing; expected region labels to plot")
+    panels = [(key, "senca regions")]
+    if label_key and label_key in adata.obs and adata.obs[label_key].notna().any():
+        panels.insert(0, (label_key, "reference labels"))
+    has_image = _image_and_extent(adata)[0] is not None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), 5.6), squeeze=False, layout="constrained")
+    for ax, (column, panel_title) in zip(axes[0], panels):
+        _draw_categories(ax, adata, column, panel_title + ("" if has_image else " (no H&E image)"))
+    if title:
+        fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def embedding(adata: ad.AnnData, basis: str = "X_umap", key: str = "senca_region", title: str | None = None) -> Figure:
+    """Scatter of a 2-D embedding (e.g. UMAP of ``X_senca``) coloured by ``obs[key]``."""
+    if basis not in adata.obsm:
+        raise SencaInputError(f"AnnData: obsm[{basis!r}] is missing; expected a 2-D embedding")
+    values = adata.obs[key].astype("string").fillna("(none)")
+    categories = [str(c) for c in adata.obs[key].cat.categories] if hasattr(adata.obs[key], "cat") else sorted(values.unique())
+    palette = region_palette(categories)
+    xy = np.asarray(adata.obsm[basis])[:, :2]
+    fig, ax = plt.subplots(figsize=(6.5, 5.2))
+    size = max(4.0, min(40.0, 12000.0 / max(adata.n_obs, 1)))
+    for category in categories:
+        mask = (values == category).to_numpy()
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette[category], label=f"{category} ({mask.sum()})", linewidths=0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9, markerscale=2.0 / np.sqrt(size) * 3, title=key)
+    ax.set_xlabel(f"{basis.removeprefix('X_').upper()} 1")
+    ax.set_ylabel(f"{basis.removeprefix('X_').upper()} 2")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"embedding coloured by {key}", fontsize=11)
+    fig.tight_layout()
+    return fig

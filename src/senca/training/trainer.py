@@ -1,0 +1,319 @@
+"""Staged self-supervised training of SENCA-st.
+
+Stage 1 ``warmup``  : ST branch reconstructs its input from ``h_g``; the ResNet learns from two
+                      augmented views of every patch (then, by default, its features are cached
+                      and frozen).
+Stage 2 ``shared``  : shared cross-attention encoder; reconstruction from ``z_g`` and from the
+                      fused embedding + low-weight cross-modal InfoNCE (neighbours as positives).
+Stage 3 ``regions`` : stage-2 losses + DEC KL to a sharpened soft assignment over k centres
+                      initialised by a GMM / k-means on the embedding.
+
+Ablations replace stages 2-3 by one stage: ``spot`` (``hierarchical=False``: spot-level losses
+only) or ``contrastive`` (``vanilla_contrastive=True``: cross-modal InfoNCE only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.cluster import KMeans
+from sklearn.mixture import GaussianMixture
+from torch_geometric.utils import add_remaining_self_loops, scatter
+from tqdm.auto import tqdm
+
+from senca.training.augment import PatchAugmenter, patches_to_tensor
+from senca.training.losses import dec_loss, dec_target, neighbour_info_nce, nt_xent, reconstruction_loss
+from senca.training.sampler import SubgraphSampler
+
+if TYPE_CHECKING:
+    from senca.model._config import SencaConfig
+    from senca.model.module import SencaModule
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SencaData", "StagedTrainer", "embed", "make_sampler", "neighbourhood_mean", "spot_image_features", "stage_plan", "choose_n_clusters"]
+
+_FEATURE_CHUNK = 256
+# Seeds per mini-batch when the section is too large for full-batch training and none is given.
+_DEFAULT_BATCH = 1024
+
+
+@dataclass
+class SencaData:
+    """Tensors the model trains on (all on CPU; batches are moved to the device).
+
+    Attributes
+    ----------
+    x
+        ``(n, p)`` float32 ST input (scaled PCs).
+    edge_index
+        ``(2, E)`` spatial graph, both directions, no self loops.
+    patches
+        ``(n, 3, P, P)`` uint8 H&E patches, or ``None``.
+    image_features
+        ``(n, f)`` float32 image features per spot: precomputed ones, or the cached ResNet
+        features once the ResNet is frozen; ``None`` otherwise.
+    target
+        ``(n, p)`` reconstruction target (``x`` averaged over each spot's neighbourhood,
+        see :func:`neighbourhood_mean`); ``x`` itself when ``None``.
+    """
+
+    x: torch.Tensor
+    edge_index: torch.Tensor
+    patches: torch.Tensor | None = None
+    image_features: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            self.target = self.x
+
+    @property
+    def n_obs(self) -> int:
+        return self.x.shape[0]
+
+
+def neighbourhood_mean(x: torch.Tensor, edge_index: torch.Tensor, hops: int) -> torch.Tensor:
+    """Average ``x`` over N(i) + {i}, ``hops`` times (O(edges); ``hops=0`` returns ``x``).
+
+    Used as the reconstruction target: spatially coherent (biological) variation survives the
+    averaging while spot-level noise shrinks, so the loss weighs signal over noise.
+    """
+    ei, _ = add_remaining_self_loops(edge_index, num_nodes=x.shape[0])
+    deg = scatter(torch.ones(ei.shape[1]), ei[1], dim=0, dim_size=x.shape[0], reduce="sum").unsqueeze(-1)
+    for _ in range(hops):
+        x = scatter(x[ei[0]], ei[1], dim=0, dim_size=x.shape[0], reduce="sum") / deg
+    return x
+
+
+def stage_plan(config: SencaConfig) -> list[tuple[str, int]]:
+    """Ordered ``(stage name, epochs)`` for a config (ablations change the plan)."""
+    later = config.epochs_shared + config.epochs_regions
+    if config.vanilla_contrastive:
+        return [("warmup", config.epochs_warmup), ("contrastive", later)]
+    if not config.hierarchical:
+        return [("warmup", config.epochs_warmup), ("spot", later)]
+    return [("warmup", config.epochs_warmup), ("shared", config.epochs_shared), ("regions", config.epochs_regions)]
+
+
+def spot_image_features(
+    module: SencaModule, data: SencaData, nodes: torch.Tensor, device: torch.device, grad: bool
+) -> torch.Tensor | None:
+    """Image features of ``nodes``: precomputed / cached ones, else the ResNet on their patches."""
+    if data.image_features is not None:
+        return data.image_features[nodes].to(device)
+    if module.resnet is None:
+        return None
+    if grad:
+        return module.image_backbone_features(PatchAugmenter.plain(patches_to_tensor(data.patches[nodes].to(device))))
+    with torch.no_grad():
+        chunks = [
+            module.image_backbone_features(PatchAugmenter.plain(patches_to_tensor(data.patches[idx].to(device))))
+            for idx in nodes.split(_FEATURE_CHUNK)
+        ]
+    return torch.cat(chunks)
+
+
+def make_sampler(module: SencaModule, data: SencaData, config: SencaConfig) -> SubgraphSampler:
+    """Subgraph sampler for a section: full batch up to ``config.full_batch_max_spots`` spots."""
+    batch_size = config.batch_size
+    if batch_size is None and data.n_obs > config.full_batch_max_spots:
+        batch_size = _DEFAULT_BATCH
+    return SubgraphSampler(data.edge_index, data.n_obs, module.num_hops, batch_size)
+
+
+@torch.no_grad()
+def embed(module: SencaModule, data: SencaData, sampler: SubgraphSampler, device: torch.device) -> torch.Tensor:
+    """Embedding (``X_senca``) of every spot in eval mode, batch by batch; returns a CPU tensor."""
+    was_training = module.training
+    module.eval()
+    out = torch.empty(data.n_obs, module.embedding_dim)
+    for batch in sampler.batches():
+        feats = spot_image_features(module, data, batch.nodes, device, grad=False)
+        res = module(data.x[batch.nodes].to(device), batch.edge_index.to(device), feats)
+        out[batch.nodes[batch.seeds]] = res["embedding"][batch.seeds.to(device)].cpu()
+    module.train(was_training)
+    return out
+
+
+def choose_n_clusters(embedding: np.ndarray, k_range: tuple[int, int], seed: int) -> int:
+    """Number of regions with the lowest BIC of a tied-covariance GMM over ``k_range`` (inclusive)."""
+    lo, hi = k_range
+    hi = min(hi, embedding.shape[0] - 1)
+    bics = {
+        k: GaussianMixture(k, covariance_type="tied", random_state=seed).fit(embedding).bic(embedding)
+        for k in range(lo, hi + 1)
+    }
+    best = min(bics, key=bics.get)
+    logger.info("chose %d regions by BIC over %d..%d", best, lo, hi)
+    return best
+
+
+class StagedTrainer:
+    """Runs the stage plan of :func:`stage_plan` on one section.
+
+    Parameters
+    ----------
+    module
+        The network.
+    data
+        Its inputs.
+    config
+        Loss weights, stage lengths, optimiser and batching settings.
+    device
+        Where to train.
+    progress_bar
+        Show a tqdm bar over all epochs.
+    """
+
+    def __init__(self, module: SencaModule, data: SencaData, config: SencaConfig, device: torch.device, progress_bar: bool = True):
+        self.module = module
+        self.data = data
+        self.config = config
+        self.device = device
+        self.progress_bar = progress_bar
+        self.sampler = make_sampler(module, data, config)
+        self.augmenter = PatchAugmenter(config.aug_crop_scale, config.aug_jitter)
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.dec_targets: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def _resnet_trainable(self) -> bool:
+        return self.module.resnet is not None and self.data.image_features is None
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 5.0)
+        self.optimizer.step()
+
+    def _image_view_epoch(self) -> float:
+        """One pass of the view-agreement loss over all patches, in mini-batches."""
+        cfg, dev = self.config, self.device
+        order = torch.from_numpy(self.rng.permutation(self.data.n_obs))
+        losses = []
+        for idx in order.split(cfg.image_batch_size):
+            if idx.numel() < 2:
+                continue
+            x = patches_to_tensor(self.data.patches[idx].to(dev))
+            v1 = self.module.view_projection(self.module.image_backbone_features(self.augmenter(x, self.generator)))
+            v2 = self.module.view_projection(self.module.image_backbone_features(self.augmenter(x, self.generator)))
+            loss = cfg.w_image_view * nt_xent(v1, v2, cfg.temperature)
+            self._step(loss)
+            losses.append(loss.item())
+        return float(np.mean(losses)) if losses else 0.0
+
+    def _freeze_image(self) -> None:
+        """Cache ResNet features (eval mode, no augmentation) so later stages skip the CNN."""
+        self.module.resnet.eval()
+        self.data.image_features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
+        for p in list(self.module.resnet.parameters()) + list(self.module.view_head.parameters()):
+            p.requires_grad_(False)
+        logger.info("froze the ResNet; cached image features %s", tuple(self.data.image_features.shape))
+
+    def _init_regions(self) -> None:
+        cfg = self.config
+        emb = embed(self.module, self.data, self.sampler, self.device)
+        mean, std = emb.mean(0), emb.std(0).clamp(min=1e-6)
+        z = ((emb - mean) / std).numpy()
+        k = cfg.n_clusters or choose_n_clusters(z, cfg.n_clusters_range, cfg.seed)
+        if cfg.dec_init == "gmm":
+            centres = GaussianMixture(k, covariance_type="tied", random_state=cfg.seed).fit(z).means_
+        else:
+            centres = KMeans(k, n_init=10, random_state=cfg.seed).fit(z).cluster_centers_
+        self.module.init_centres(torch.as_tensor(centres, dtype=torch.float32), mean, std)
+        self.optimizer.add_param_group({"params": [self.module.centres]})
+        logger.info("initialised %d region centres by %s", k, cfg.dec_init)
+
+    def _refresh_dec_targets(self) -> None:
+        emb = embed(self.module, self.data, self.sampler, self.device).to(self.device)
+        with torch.no_grad():
+            self.dec_targets = dec_target(self.module.soft_assignment(emb), self.config.dec_balance).cpu()
+
+    def _graph_losses(self, stage: str, batch) -> dict[str, torch.Tensor]:
+        cfg, dev, m = self.config, self.device, self.module
+        x = self.data.x[batch.nodes].to(dev)
+        ei = batch.edge_index.to(dev)
+        seeds = batch.seeds.to(dev)
+        feats = spot_image_features(m, self.data, batch.nodes, dev, grad=True)
+        target = self.data.target[batch.nodes[batch.seeds]].to(dev)
+        if cfg.mask_rate > 0:
+            # Masked spots must be inferred from their neighbourhood: the embedding has to carry
+            # the spatially predictable (domain) part of the expression, not spot-level noise.
+            masked = (torch.rand(x.shape[0], generator=self.generator) < cfg.mask_rate).to(dev)
+            x = torch.where(masked.unsqueeze(1), m.mask_token.expand_as(x), x)
+        losses: dict[str, torch.Tensor] = {}
+        if stage == "warmup":
+            if not cfg.vanilla_contrastive:
+                h_g = m.encode_gene(x, ei)
+                losses["recon"] = cfg.w_recon * reconstruction_loss(m.gene_decoder(h_g[seeds]), target)
+            return losses
+        out = m(x, ei, feats)
+        n_neg = min(cfg.n_negatives, x.shape[0])
+        negatives = torch.randperm(x.shape[0], generator=self.generator)[:n_neg].to(dev)
+        partner = out["z_i"] if m.has_image else out["h_g"]
+        if stage == "contrastive":
+            losses["contrast"] = neighbour_info_nce(out["z_g"], partner, seeds, None, negatives, cfg.temperature, 0.0)
+            return losses
+        losses["recon"] = cfg.w_recon * reconstruction_loss(m.gene_decoder(out["z_g"][seeds]), target)
+        losses["recon_fused"] = cfg.w_recon_fused * reconstruction_loss(m.fused_decoder(out["embedding"][seeds]), target)
+        if stage in ("shared", "regions") and cfg.w_contrast > 0:
+            losses["contrast"] = cfg.w_contrast * neighbour_info_nce(
+                out["z_g"], partner, seeds, ei, negatives, cfg.temperature, cfg.neighbour_positive_weight
+            )
+        if stage == "regions":
+            q = m.soft_assignment(out["embedding"][seeds])
+            p = self.dec_targets[batch.nodes[batch.seeds]].to(dev)
+            losses["dec"] = cfg.w_dec * dec_loss(q, p)
+        return losses
+
+    # ----------------------------------------------------------------- main loop
+    def fit(self) -> dict[str, pd.DataFrame]:
+        """Train all stages; returns the per-stage, per-epoch loss history."""
+        cfg = self.config
+        plan = [(s, e) for s, e in stage_plan(cfg) if e > 0]
+        history: dict[str, pd.DataFrame] = {}
+        self.module.to(self.device).train()
+        bar = tqdm(total=sum(e for _, e in plan), desc="SENCA", disable=not self.progress_bar)
+        for stage, epochs in plan:
+            if stage != "warmup" and self._resnet_trainable and cfg.freeze_image_after_warmup:
+                self._freeze_image()
+            if stage == "regions":
+                self._init_regions()
+            rows = []
+            for epoch in range(epochs):
+                if stage == "regions" and epoch % max(cfg.dec_update_interval, 1) == 0:
+                    self._refresh_dec_targets()
+                sums: dict[str, float] = defaultdict(float)
+                if self._resnet_trainable and cfg.w_image_view > 0:
+                    sums["image_view"] = self._image_view_epoch()
+                n_batches = 0
+                for batch in self.sampler.batches(self.rng):
+                    losses = self._graph_losses(stage, batch)
+                    if not losses:
+                        break
+                    self._step(sum(losses.values()))
+                    for name, value in losses.items():
+                        sums[name] += value.item()
+                    n_batches += 1
+                row = {name: (v if name == "image_view" else v / max(n_batches, 1)) for name, v in sums.items()}
+                row["total"] = sum(row.values())
+                rows.append(row)
+                bar.set_description(f"SENCA {stage}")
+                bar.set_postfix(loss=f"{row['total']:.4f}")
+                bar.update(1)
+            history[stage] = pd.DataFrame(rows, index=pd.RangeIndex(epochs, name="epoch"))
+        bar.close()
+        if self._resnet_trainable and cfg.freeze_image_after_warmup:
+            self._freeze_image()
+        self.module.eval()
+        return history

@@ -1,0 +1,207 @@
+"""Training pieces: losses against brute force, augmentations, subgraph mini-batches, stages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from anndata import AnnData
+from sklearn.neighbors import NearestNeighbors
+
+from senca.model import SENCA, SencaConfig, SencaModule
+from senca.training import (
+    PatchAugmenter,
+    SencaData,
+    SubgraphSampler,
+    dec_loss,
+    dec_target,
+    embed,
+    neighbour_info_nce,
+    nt_xent,
+    stage_plan,
+    student_t_assignment,
+)
+from senca.training.trainer import neighbourhood_mean
+
+FAST = dict(hidden_dim=32, latent_dim=8, gt_heads=2, ca_heads=2, epochs_warmup=2, epochs_shared=3, epochs_regions=2, n_clusters=3)
+
+
+def grid(side: int = 16, n_pcs: int = 10, seed: int = 0) -> AnnData:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side]
+    coords = np.c_[xx.ravel(), yy.ravel()].astype(float)
+    domain = np.minimum(xx.ravel() * 3 // side, 2)
+    adata = AnnData(np.zeros((side * side, 3), dtype=np.float32))
+    adata.obsm["spatial"] = coords
+    adata.obsm["X_pca"] = (rng.normal(0, 3, (3, n_pcs))[domain] + rng.normal(0, 1, (side * side, n_pcs))).astype(np.float32)
+    graph = NearestNeighbors(radius=1.01).fit(coords).radius_neighbors_graph(mode="connectivity").astype(np.float32)
+    graph.setdiag(0)
+    graph.eliminate_zeros()
+    adata.obsp["spatial_connectivities"] = sp.csr_matrix(graph)
+    return adata
+
+
+def edges_of(adata: AnnData) -> torch.Tensor:
+    coo = adata.obsp["spatial_connectivities"].tocoo()
+    return torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))
+
+
+# ---------------------------------------------------------------- losses
+
+
+def _brute_force_nce(a, b, anchors, edge_index, negatives, tau, w):
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    total = []
+    for i in anchors.tolist():
+        # Neighbours enter (as positives, hence also in the denominator) only with a positive weight.
+        nbrs = edge_index[0, edge_index[1] == i].tolist() if w > 0 else []
+        pos = [a[i] @ b[i] / tau] + [a[i] @ b[j] / tau for j in nbrs]
+        neg = [a[i] @ b[m] / tau for m in negatives.tolist()]
+        log_denom = torch.logsumexp(torch.stack(pos + neg), 0)
+        self_term = pos[0] - log_denom
+        if nbrs:
+            nbr_term = torch.stack([p - log_denom for p in pos[1:]]).mean()
+            total.append(-(self_term + w * nbr_term) / (1 + w))
+        else:
+            total.append(-self_term)
+    return torch.stack(total).mean()
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_neighbour_info_nce_matches_brute_force(weight):
+    torch.manual_seed(0)
+    adata = grid(side=6)
+    ei = edges_of(adata)
+    a, b = torch.randn(adata.n_obs, 5), torch.randn(adata.n_obs, 5)
+    anchors = torch.tensor([0, 7, 14, 20, 35])
+    negatives = torch.tensor([3, 9, 11, 28, 30, 33])
+    got = neighbour_info_nce(a, b, anchors, ei, negatives, temperature=0.3, neighbour_weight=weight)
+    expected = 0.5 * (
+        _brute_force_nce(a, b, anchors, ei, negatives, 0.3, weight) + _brute_force_nce(b, a, anchors, ei, negatives, 0.3, weight)
+    )
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_info_nce_rewards_aligned_modalities():
+    torch.manual_seed(0)
+    a = torch.randn(50, 8)
+    idx = torch.arange(50)
+    aligned = neighbour_info_nce(a, a + 0.05 * torch.randn(50, 8), idx, None, idx, 0.2, 0.0)
+    shuffled = neighbour_info_nce(a, a[torch.randperm(50)], idx, None, idx, 0.2, 0.0)
+    assert aligned < shuffled
+
+
+def test_nt_xent_prefers_matching_views():
+    torch.manual_seed(0)
+    v = torch.randn(32, 16)
+    assert nt_xent(v, v + 0.01 * torch.randn(32, 16)) < nt_xent(v, torch.randn(32, 16))
+
+
+def test_dec_target_is_sharper_than_assignment():
+    torch.manual_seed(0)
+    z, centres = torch.randn(100, 4), torch.randn(3, 4) * 2
+    q = student_t_assignment(z, centres)
+    p = dec_target(q)
+    assert torch.allclose(q.sum(1), torch.ones(100)) and torch.allclose(p.sum(1), torch.ones(100))
+    entropy = lambda m: -(m * m.log()).sum(1).mean()  # noqa: E731
+    assert entropy(p) < entropy(q)
+    assert dec_loss(q, p) > 0
+    assert torch.isclose(dec_loss(p, p), torch.tensor(0.0), atol=1e-6)
+
+
+def test_neighbourhood_mean_averages_over_self_and_neighbours():
+    adata = grid(side=5)
+    x = torch.arange(adata.n_obs, dtype=torch.float32).unsqueeze(1)
+    out = neighbourhood_mean(x, edges_of(adata), hops=1)
+    # Spot 12 is the centre of a 5 x 5 grid: itself and 7, 11, 13, 17.
+    assert out[12, 0].item() == pytest.approx((12 + 7 + 11 + 13 + 17) / 5)
+    assert torch.equal(neighbourhood_mean(x, edges_of(adata), hops=0), x)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_augmenter_is_reproducible_and_geometric_ops_keep_pixels():
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 16, 16)
+    aug = PatchAugmenter(crop_scale=0.8, jitter=0.2)
+    a1 = aug(x, torch.Generator().manual_seed(3))
+    a2 = aug(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a1, a2) and a1.shape == x.shape
+    assert not torch.equal(a1, aug(x, torch.Generator().manual_seed(4)))
+    # No crop, no jitter: only flips / 90-degree turns, which permute pixels.
+    plain = PatchAugmenter(crop_scale=1.0, jitter=0.0)(x, torch.Generator().manual_seed(5))
+    reference = PatchAugmenter.plain(x)
+    for i in range(6):
+        assert torch.allclose(plain[i].flatten().sort().values, reference[i].flatten().sort().values, atol=1e-5)
+    rotated_any = any(not torch.allclose(plain[i], reference[i], atol=1e-5) for i in range(6))
+    assert rotated_any
+
+
+# ---------------------------------------------------------------- subgraph mini-batches
+
+
+def test_sampler_covers_every_seed_once_with_bounded_subgraphs():
+    adata = grid(side=40)
+    ei = edges_of(adata)
+    sampler = SubgraphSampler(ei, adata.n_obs, num_hops=2, batch_size=20)
+    batches = list(sampler.batches(np.random.default_rng(0)))
+    seeds = torch.cat([b.nodes[b.seeds] for b in batches])
+    assert len(batches) == len(sampler) == 80
+    assert torch.equal(seeds.sort().values, torch.arange(adata.n_obs))
+    # Memory grows with the batch, not the section: at most 13 spots (a 2-hop ball of the
+    # 4-neighbour grid) per seed.
+    assert max(b.nodes.numel() for b in batches) <= 20 * 13 < adata.n_obs / 4
+    for b in batches:
+        assert b.edge_index.max() < b.nodes.numel()
+
+
+@pytest.mark.parametrize("image", [False, True])
+def test_subgraph_embedding_equals_full_graph_embedding(image):
+    adata = grid(side=14)
+    torch.manual_seed(0)
+    x = torch.from_numpy(adata.obsm["X_pca"])
+    feats = torch.randn(adata.n_obs, 6) if image else None
+    module = SencaModule(10, SencaConfig(**FAST), "features" if image else "none", 6 if image else None)
+    data = SencaData(x, edges_of(adata), image_features=feats)
+    full = embed(module, data, SubgraphSampler(data.edge_index, data.n_obs, module.num_hops), torch.device("cpu"))
+    batched = embed(module, data, SubgraphSampler(data.edge_index, data.n_obs, module.num_hops, 17), torch.device("cpu"))
+    assert torch.allclose(full, batched, atol=1e-5)
+    # One hop too few is not exact: the receptive field really is num_hops.
+    short = embed(module, data, SubgraphSampler(data.edge_index, data.n_obs, module.num_hops - 1, 17), torch.device("cpu"))
+    assert not torch.allclose(full, short, atol=1e-5)
+
+
+def test_mini_batch_training_runs_and_records_history():
+    adata = grid(side=16)
+    model = SENCA(adata, device="cpu", batch_size=40, **FAST).train(progress_bar=False)
+    assert model.history["shared"].shape[0] == 3
+    assert np.isfinite(adata.obsm["X_senca"]).all()
+    assert model.get_latent_representation().shape == (adata.n_obs, 8)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def test_stage_plan_follows_config_and_ablations():
+    config = SencaConfig(epochs_warmup=5, epochs_shared=7, epochs_regions=3)
+    assert stage_plan(config) == [("warmup", 5), ("shared", 7), ("regions", 3)]
+    assert stage_plan(config.replace(hierarchical=False)) == [("warmup", 5), ("spot", 10)]
+    assert stage_plan(config.replace(vanilla_contrastive=True)) == [("warmup", 5), ("contrastive", 10)]
+
+
+def test_stage_losses_follow_the_levels():
+    adata = grid(side=12)
+    feats = np.random.default_rng(0).normal(size=(adata.n_obs, 6)).astype(np.float32)
+    full = SENCA(adata.copy(), image_features=feats, device="cpu", **FAST).train(progress_bar=False).history
+    assert set(full["warmup"].columns) == {"recon", "total"}
+    assert set(full["shared"].columns) == {"recon", "recon_fused", "contrast", "total"}
+    assert set(full["regions"].columns) == {"recon", "recon_fused", "contrast", "dec", "total"}
+    single = SENCA(adata.copy(), image_features=feats, device="cpu", hierarchical=False, **FAST).train(progress_bar=False).history
+    assert set(single["spot"].columns) == {"recon", "recon_fused", "total"}
+    vanilla = SENCA(adata.copy(), image_features=feats, device="cpu", vanilla_contrastive=True, **FAST).train(progress_bar=False).history
+    assert set(vanilla["contrastive"].columns) == {"contrast", "total"}
+    zero = SENCA(adata.copy(), device="cpu", **{**FAST, "w_contrast": 0.0}).train(progress_bar=False).history
+    assert "contrast" not in zero["shared"].columns
