@@ -15,6 +15,8 @@ from senca.settings import RunSettings, read_toml
 
 logger = logging.getLogger(__name__)
 
+DEMO_EPOCHS = 60
+
 
 def scale_epochs(settings: RunSettings, total: int) -> None:
     """Set the three stages' epochs to sum to ``total``, keeping their proportions."""
@@ -120,6 +122,8 @@ def demo(args: argparse.Namespace) -> int:
 
     settings = RunSettings()
     settings.image = dataclasses.replace(settings.image, patch_px=32)
+    if args.epochs is None:
+        args.epochs = DEMO_EPOCHS  # a short schedule so the demo answers in minutes on a laptop CPU
     _apply_common(settings, args)
     check_output_dir(args.out, args.force)
     adata = simulate_tissue(n_spots=args.n_spots, grid=args.grid, seed=settings.seed)

@@ -40,7 +40,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0); the same seed on CPU gives identical results")
     parser.add_argument("--device", default=None, help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N' (default auto)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="total training epochs over the three stages, split in the default proportions (default: the model's schedule)")
+                        help="total training epochs over the three stages, split in the default proportions "
+                             "(default: the model's schedule; 60 for the demo)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Simulate a section with known regions (NB counts with dropout, H&E-like image), run senca with ST only, "
         "image only and both, and print the ARI of each against the truth."))
     _add_common(demo)
-    demo.add_argument("--n-spots", type=int, default=2000, help="spots in the simulated section (default 2000)")
+    demo.add_argument("--n-spots", type=int, default=1000, help="spots in the simulated section (default 1000)")
     demo.add_argument("--grid", choices=["hex", "square"], default="hex", help="spot grid (default hex, like Visium)")
     return parser
 
