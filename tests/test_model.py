@@ -62,6 +62,15 @@ def grid_edges(adata: AnnData) -> torch.Tensor:
     return torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is many times faster on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def adata() -> AnnData:
     return grid_adata()
@@ -273,7 +282,8 @@ def test_train_writes_embedding_history_and_finds_domains(adata):
     z = a.obsm["X_senca"]
     assert z.shape == (a.n_obs, 8) and np.isfinite(z).all()
     assert list(model.history) == ["warmup", "shared", "regions"]
-    assert {"recon", "recon_fused", "contrast", "dec", "total"} <= set(model.history["regions"].columns)
+    # No image: no cross-modal (neighbourhood-level) term.
+    assert set(model.history["regions"].columns) == {"recon", "recon_fused", "dec", "total"}
     assert len(model.history["shared"]) == 30
     # Training reduces the reconstruction error of stage 2.
     shared = model.history["shared"]["recon"]
@@ -306,7 +316,7 @@ def full_embedding(adata):
         {"shared_encoder": False},
         {"hierarchical": False},
         {"vanilla_contrastive": True},
-        {"fusion": "gate"},
+        {"fusion": "concat"},
     ],
     ids=lambda d: next(iter(d)),
 )
@@ -343,7 +353,7 @@ def test_precomputed_features_array_equals_obsm_key(adata, full_embedding):
     assert model.module.image_mode == "features" and model.module.resnet is None
     z = model.train(progress_bar=False).get_latent_representation()
     assert np.array_equal(z, full_embedding)
-    assert z.shape[1] == 2 * FAST["latent_dim"]  # concat fusion of z_g and z_i
+    assert z.shape[1] == FAST["latent_dim"]  # gated fusion of z_g and z_i
 
 
 def test_save_load_gives_the_same_embedding(tmp_path, adata):
@@ -372,7 +382,7 @@ def test_resnet_branch_trains_and_reloads_from_cached_features(tmp_path):
     assert model.module.image_mode == "resnet"
     model.train(progress_bar=False)
     assert "image_view" in model.history["warmup"].columns
-    assert model.data.image_features.shape == (a.n_obs, 512)  # cached, frozen after warm-up
+    assert model.data.image_features.shape == (a.n_obs, model.module.resnet.texture_dim)  # cached, frozen after warm-up
     assert not any(p.requires_grad for p in model.module.resnet.parameters())
     z = model.get_latent_representation()
     model.save(tmp_path / "r")

@@ -26,23 +26,29 @@ class SencaConfig:
         the shared space (``z_g``, ``z_i``); ``gt_layers`` / ``gt_heads`` graph-transformer
         depth and heads; ``ca_heads`` heads of the neighbourhood cross-attention;
         ``dropout``; ``fusion`` ``"concat"`` (embedding ``2d``) or ``"gate"`` (learned
-        gate, embedding ``d``).
+        per-dimension gate, embedding ``d``, starting at weight ``sigmoid(gate_gene_prior)``
+        on ``z_g``).
     Image branch
         ``image_backbone`` ``"resnet18"`` | ``"resnet50"``; ``image_weights`` torchvision-
-        format weight file (random init when ``None``); ``image_batch_size`` patches per
-        self-supervised step; ``freeze_image_after_warmup`` caches the ResNet features
+        format weight file (random init when ``None``); ``epochs_image`` passes of the
+        view-agreement loss over all patches (the first epochs of stage 1; the ResNet is
+        the costly part on a CPU); ``image_batch_size`` patches per self-supervised step;
+        ``freeze_image_after_warmup`` caches the ResNet features
         after stage 1 so later stages do not run the CNN; ``aug_*`` strengths of the view
-        augmentations.
+        augmentations (colour jitter kept small: stain differences are part of what tells
+        tissues apart, so the views must not teach the ResNet to ignore them).
     Input
         ``n_input_pcs`` leading PCs used (all when ``None``); ``target_smoothing_hops``
         times the reconstruction target is averaged over each spot's neighbourhood
         (0: reconstruct the raw input).
     Losses
         ``w_recon`` reconstruction of the ST input from ``z_g`` (from ``h_g`` in stage 1);
-        ``w_recon_fused`` reconstruction from the fused embedding; ``w_image_view``
+        ``w_recon_fused`` reconstruction from the fused embedding; ``w_recon_image``
+        reconstruction from ``z_i`` with the same decoder as ``z_g``; ``w_image_view``
         agreement of two augmented views of each patch; ``w_contrast`` cross-modal
-        InfoNCE (kept low so the modalities align without collapsing onto their common
-        features) at temperature ``temperature`` with ``n_negatives`` sampled negatives and
+        InfoNCE (off by default: on HER2ST A1, whose image features carry little of the
+        expression's structure, aligning the gene stream to them at weight 0.02 cut the ARI
+        from about 0.33 to 0.16; raise it when the image is known to be informative) at temperature ``temperature`` with ``n_negatives`` sampled negatives and
         spatial neighbours as extra positives of relative weight ``neighbour_positive_weight``;
         ``w_dec`` DEC-style region loss (Student-t with ``dec_alpha``; sharpened targets
         divided by cluster size to the power ``dec_balance``, 1 = DEC; targets refreshed
@@ -52,7 +58,11 @@ class SencaConfig:
         ``epochs_warmup`` (stage 1, branches), ``epochs_shared`` (stage 2, shared
         encoder), ``epochs_regions`` (stage 3, regions); ``lr``, ``weight_decay``;
         ``batch_size`` seed spots per mini-batch (full batch when ``None`` and the
-        section has at most ``full_batch_max_spots`` spots); ``seed``.
+        section has at most ``full_batch_max_spots`` spots); ``seed``; ``num_threads``
+        intra-op CPU threads while training / embedding (``None``: torch's setting). One
+        thread is the default because the graph operations are small: on a shared 2-core
+        machine two threads were 4-10x slower, ResNet included; raise it on an idle
+        many-core machine.
     Ablations (each a different code path)
         ``use_image`` (False: gene branch only); ``use_graph`` (False: MLP instead of the
         graph transformer); ``cross_attention`` (False: concatenate the branch outputs);
@@ -68,42 +78,45 @@ class SencaConfig:
     gt_layers: int = 2
     gt_heads: int = 4
     ca_heads: int = 4
-    dropout: float = 0.1
-    fusion: str = "concat"
+    dropout: float = 0.3
+    fusion: str = "gate"
+    gate_gene_prior: float = 2.0
 
     image_backbone: str = "resnet18"
     image_weights: str | None = None
     image_batch_size: int = 64
+    epochs_image: int = 10
     freeze_image_after_warmup: bool = True
     aug_crop_scale: float = 0.8
-    aug_jitter: float = 0.2
+    aug_jitter: float = 0.05
 
     n_input_pcs: int | None = None
     target_smoothing_hops: int = 1
-    mask_rate: float = 0.0
     w_recon: float = 1.0
     w_recon_fused: float = 1.0
+    w_recon_image: float = 1.0
     w_image_view: float = 1.0
-    w_contrast: float = 0.1
+    w_contrast: float = 0.0
     temperature: float = 0.5
     n_negatives: int = 256
     neighbour_positive_weight: float = 0.5
-    w_dec: float = 1.0
+    w_dec: float = 0.1
     dec_alpha: float = 1.0
-    dec_balance: float = 1.0
+    dec_balance: float = 0.5
     dec_update_interval: int = 5
     dec_init: str = "gmm"
     n_clusters: int | None = None
     n_clusters_range: tuple[int, int] = (3, 12)
 
     epochs_warmup: int = 100
-    epochs_shared: int = 200
-    epochs_regions: int = 50
+    epochs_shared: int = 300
+    epochs_regions: int = 30
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int | None = None
     full_batch_max_spots: int = 5000
     seed: int = 0
+    num_threads: int | None = 1
 
     use_image: bool = True
     use_graph: bool = True
@@ -120,7 +133,7 @@ class SencaConfig:
         for name in ("hidden_dim", "latent_dim", "gt_layers", "gt_heads", "ca_heads", "image_batch_size", "n_negatives"):
             if getattr(self, name) < 1:
                 raise SencaInputError(f"SencaConfig.{name}={getattr(self, name)!r}: expected a positive integer")
-        for name in ("epochs_warmup", "epochs_shared", "epochs_regions", "dec_update_interval", "target_smoothing_hops"):
+        for name in ("epochs_warmup", "epochs_shared", "epochs_regions", "epochs_image", "dec_update_interval", "target_smoothing_hops"):
             if getattr(self, name) < 0:
                 raise SencaInputError(f"SencaConfig.{name}={getattr(self, name)!r}: expected >= 0")
         if self.latent_dim % self.ca_heads or self.hidden_dim % self.gt_heads:
@@ -132,6 +145,8 @@ class SencaConfig:
             raise SencaInputError(f"SencaConfig.n_clusters={self.n_clusters}: expected >= 2 or None")
         if self.n_input_pcs is not None and self.n_input_pcs < 2:
             raise SencaInputError(f"SencaConfig.n_input_pcs={self.n_input_pcs}: expected >= 2 or None")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise SencaInputError(f"SencaConfig.num_threads={self.num_threads}: expected >= 1 or None")
         if self.batch_size is not None and self.batch_size < 1:
             raise SencaInputError(f"SencaConfig.batch_size={self.batch_size}: expected >= 1 or None")
         if not 0 < self.aug_crop_scale <= 1:

@@ -49,14 +49,18 @@ def _obs_hash(adata: AnnData) -> str:
 
 
 @contextlib.contextmanager
-def _deterministic():
-    """Deterministic kernels for the duration of a call, restoring the user's setting after."""
+def _compute_settings(num_threads: int | None):
+    """Deterministic kernels and the configured intra-op threads for one call; restored after."""
     previous = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous)
+        torch.set_num_threads(threads)
 
 
 def _st_input(adata: AnnData, pca_key: str, n_pcs: int | None = None) -> np.ndarray:
@@ -251,7 +255,7 @@ class SENCA:
         if changes:
             self.config = self.config.replace(**changes)
             self.module.config = self.config
-        with _deterministic():
+        with _compute_settings(self.config.num_threads):
             torch.manual_seed(self.config.seed)
             trainer = StagedTrainer(self.module, self.data, self.config, self.device, progress_bar)
             self.history = trainer.fit()
@@ -261,7 +265,7 @@ class SENCA:
 
     def get_latent_representation(self) -> np.ndarray:
         """Fused embedding ``X_senca`` of every spot, ``(n_obs, embedding_dim)`` float32."""
-        with _deterministic():
+        with _compute_settings(self.config.num_threads):
             z = embed(self.module, self.data, make_sampler(self.module, self.data, self.config), self.device)
         return z.numpy()
 
@@ -280,7 +284,7 @@ class SENCA:
         if not self.module.has_image:
             raise SencaInputError("SENCA: the model has no image branch (use_image=False or no image given)")
         if self.data.image_features is None:
-            with _deterministic():
+            with _compute_settings(self.config.num_threads):
                 return spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu().numpy()
         return self.data.image_features.numpy().copy()
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -111,7 +112,9 @@ class NeighbourhoodCrossAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.attn_dropout = nn.Dropout(dropout)
 
-    def forward(self, query: torch.Tensor, key_value: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key_value: torch.Tensor | Sequence[torch.Tensor], edge_index: torch.Tensor
+    ) -> torch.Tensor:
         """Attend.
 
         Parameters
@@ -119,7 +122,8 @@ class NeighbourhoodCrossAttention(nn.Module):
         query
             ``(n, dim)`` features of the attending modality.
         key_value
-            ``(n, dim)`` features of the attended modality.
+            ``(n, dim)`` features of the attended modality, or several such tensors: then each
+            neighbour contributes one token per tensor and one softmax runs over all of them.
         edge_index
             ``(2, E)`` spatial graph, row 0 the neighbour ``j`` (source), row 1 the spot ``i``
             (target); self loops are added here so that ``i`` also sees its own features.
@@ -129,11 +133,14 @@ class NeighbourhoodCrossAttention(nn.Module):
         ``(n, dim)`` attention output per spot.
         """
         n = query.shape[0]
+        tokens = torch.cat(list(key_value)) if isinstance(key_value, (list, tuple)) else key_value
         edge_index, _ = add_remaining_self_loops(edge_index, num_nodes=n)
-        src, dst = edge_index
+        # Token t of spot j sits at row t * n + j of ``tokens``.
+        src = torch.cat([edge_index[0] + t * n for t in range(tokens.shape[0] // n)])
+        dst = edge_index[1].repeat(tokens.shape[0] // n)
         q = self.q(query).view(n, self.heads, self.head_dim)[dst]
-        k = self.k(key_value).view(n, self.heads, self.head_dim)[src]
-        v = self.v(key_value).view(n, self.heads, self.head_dim)[src]
+        k = self.k(tokens).view(-1, self.heads, self.head_dim)[src]
+        v = self.v(tokens).view(-1, self.heads, self.head_dim)[src]
         score = (q * k).sum(-1) / math.sqrt(self.head_dim)  # (E, heads)
         alpha = self.attn_dropout(softmax(score, dst, num_nodes=n))
         out = scatter(alpha.unsqueeze(-1) * v, dst, dim=0, dim_size=n, reduce="sum")
@@ -158,17 +165,25 @@ class SharedEncoderBlock(nn.Module):
         self.norm_ffn = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, query: torch.Tensor, key_value: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        h = query + self.dropout(self.attn(self.norm_q(query), self.norm_kv(key_value), edge_index))
+    def forward(
+        self, query: torch.Tensor, key_value: torch.Tensor | Sequence[torch.Tensor], edge_index: torch.Tensor
+    ) -> torch.Tensor:
+        kv = [self.norm_kv(t) for t in key_value] if isinstance(key_value, (list, tuple)) else self.norm_kv(key_value)
+        h = query + self.dropout(self.attn(self.norm_q(query), kv, edge_index))
         return h + self.dropout(self.ffn(self.norm_ffn(h)))
 
 
 class GatedFusion(nn.Module):
-    """``z = g * z_g + (1 - g) * z_i`` with ``g = sigmoid(W [z_g, z_i])`` per dimension."""
+    """``z = g * z_g + (1 - g) * z_i`` with ``g = sigmoid(W [z_g, z_i] + b)`` per dimension.
 
-    def __init__(self, dim: int):
+    ``gene_prior`` initialises ``b`` so that training starts at ``g = sigmoid(gene_prior)``;
+    the image then gains weight only where it helps the losses.
+    """
+
+    def __init__(self, dim: int, gene_prior: float = 0.0):
         super().__init__()
         self.gate = nn.Linear(2 * dim, dim)
+        nn.init.constant_(self.gate.bias, gene_prior)
 
     def forward(self, z_g: torch.Tensor, z_i: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate(torch.cat([z_g, z_i], dim=-1)))

@@ -54,7 +54,11 @@ class SencaModule(nn.Module):
             self.resnet = build_resnet(config.image_backbone)
             if config.image_weights is not None:
                 load_image_weights(self.resnet, config.image_weights)
-            image_feature_dim = self.resnet.out_dim
+            image_feature_dim = self.resnet.texture_dim
+            # Per-feature standardisation of the texture statistics over the section's spots,
+            # set when the ResNet is frozen (identity until then); saved with the weights.
+            self.register_buffer("image_mean", torch.zeros(image_feature_dim))
+            self.register_buffer("image_std", torch.ones(image_feature_dim))
             # SimCLR projection head, used only by the view-agreement loss.
             self.view_head = nn.Sequential(nn.Linear(image_feature_dim, hidden), nn.GELU(), nn.Linear(hidden, d))
         if image_mode != "none":
@@ -75,12 +79,10 @@ class SencaModule(nn.Module):
 
         has_image = image_mode != "none"
         if has_image and config.fusion == "gate":
-            self.fusion = GatedFusion(d)
+            self.fusion = GatedFusion(d, config.gate_gene_prior)
             self.embedding_dim = d
         else:
             self.embedding_dim = 2 * d if has_image else d
-        # Learned stand-in for the ST input of masked spots (masked-spot reconstruction).
-        self.mask_token = nn.Parameter(torch.zeros(n_input))
         self.gene_decoder = nn.Linear(d, n_input)
         self.fused_decoder = nn.Linear(self.embedding_dim, n_input)
 
@@ -99,8 +101,37 @@ class SencaModule(nn.Module):
         return self.image_mode != "none"
 
     def image_backbone_features(self, patches: torch.Tensor) -> torch.Tensor:
-        """Pooled ResNet features of normalised float patches ``(B, 3, P, P)``."""
-        return self.resnet.forward_features(patches)
+        """ResNet texture statistics of normalised float patches ``(B, 3, P, P)``, standardised.
+
+        Mean and standard deviation of every stage's feature maps
+        (:meth:`~senca.model.resnet.ResNet.forward_texture`), not only the globally pooled last
+        stage: the statistics describe tissue texture and stain even for a randomly
+        initialised or briefly trained ResNet, and the early stages keep the fine detail of a
+        small patch. The standardisation is the one set by :meth:`fit_image_standardisation`.
+        """
+        return (self.resnet.forward_texture(patches) - self.image_mean) / self.image_std
+
+    @torch.no_grad()
+    def fit_image_standardisation(self, features: torch.Tensor) -> torch.Tensor:
+        """Standardise each image feature over the spots and keep the scaling for later calls.
+
+        Parameters
+        ----------
+        features
+            :meth:`image_backbone_features` of every spot (under the current scaling).
+
+        Returns
+        -------
+        ``features`` standardised. Features that hardly vary (e.g. the standard deviation of
+        a stage one pixel wide) are only centred, so noise is not blown up.
+        """
+        features = features * self.image_std + self.image_mean
+        mean = features.mean(0)
+        std = features.std(0)
+        std = torch.where(std > 1e-3 * std.max().clamp(min=1e-12), std, torch.ones_like(std))
+        self.image_mean.copy_(mean)
+        self.image_std.copy_(std)
+        return (features - mean) / std
 
     def view_projection(self, features: torch.Tensor) -> torch.Tensor:
         """SimCLR projection of pooled ResNet features."""
@@ -134,8 +165,11 @@ class SencaModule(nn.Module):
         h_i = self.image_proj(image_features)
         if self.config.cross_attention:
             image_block = self.shared if self.config.shared_encoder else self.image_block
-            z_g = self.shared(h_g, h_i, edge_index)  # gene <- image of the neighbourhood
-            z_i = image_block(h_i, h_g, edge_index)  # image <- gene of the neighbourhood
+            # Each stream attends over the other modality of the neighbourhood and over its own:
+            # where the image says nothing about a region, the gene stream still pools the
+            # neighbours' expression (as without an image) instead of pooling image noise.
+            z_g = self.shared(h_g, (h_i, h_g), edge_index)  # gene <- image (+ gene) of the neighbourhood
+            z_i = image_block(h_i, (h_g, h_i), edge_index)  # image <- gene (+ image) of the neighbourhood
         else:
             z_g, z_i = h_g, h_i
         fused = self.fusion(z_g, z_i) if hasattr(self, "fusion") else torch.cat([z_g, z_i], dim=-1)

@@ -103,6 +103,8 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         self.out_dim = 512 * block.expansion
+        # Mean and standard deviation of the stem and of each of the four stages.
+        self.texture_dim = 2 * (64 + sum(planes * block.expansion for planes in (64, 128, 256, 512)))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -128,8 +130,36 @@ class ResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
 
+    def forward_texture(self, x: torch.Tensor) -> torch.Tensor:
+        """Texture statistics: spatial mean and standard deviation of every stage's feature maps.
+
+        The first- and second-order statistics of CNN feature maps describe texture (style)
+        rather than layout, and they do so even for random weights (Gatys et al. 2015; Ulyanov
+        et al. 2016): stain, nuclear density and fibre patterns survive, the position of each
+        nucleus in the patch does not. Early stages see fine texture at the patch's full
+        resolution, where the last stage of a small patch is only a pixel or two wide.
+
+        Returns
+        -------
+        ``(batch, texture_dim)``: for the stem (after max-pooling) and ``layer1`` ... ``layer4``
+        in turn, the per-channel means then the per-channel standard deviations.
+        """
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        stats = [_moments(x)]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            stats.append(_moments(x))
+        return torch.cat(stats, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.forward_features(x))
+
+
+def _moments(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel spatial mean and standard deviation of ``(B, C, H, W)`` maps, ``(B, 2C)``."""
+    var, mean = torch.var_mean(x.flatten(2), dim=2, correction=0)
+    # The epsilon keeps the gradient finite where a map is constant (sqrt'(0) is infinite).
+    return torch.cat([mean, (var + 1e-6).sqrt()], 1)
 
 
 def resnet18(num_classes: int = 1000) -> ResNet:

@@ -3,8 +3,10 @@
 Stage 1 ``warmup``  : ST branch reconstructs its input from ``h_g``; the ResNet learns from two
                       augmented views of every patch (then, by default, its features are cached
                       and frozen).
-Stage 2 ``shared``  : shared cross-attention encoder; reconstruction from ``z_g`` and from the
-                      fused embedding + low-weight cross-modal InfoNCE (neighbours as positives).
+Stage 2 ``shared``  : shared cross-attention encoder; reconstruction from ``z_g``, from ``z_i``
+                      (same decoder: one shared space) and from the fused embedding, and the
+                      cross-modal InfoNCE (neighbours as positives) at weight ``w_contrast``
+                      (off by default); ``z_i`` terms need an image.
 Stage 3 ``regions`` : stage-2 losses + DEC KL to a sharpened soft assignment over k centres
                       initialised by a GMM / k-means on the embedding.
 
@@ -212,10 +214,33 @@ class StagedTrainer:
             losses.append(loss.item())
         return float(np.mean(losses)) if losses else 0.0
 
+    @torch.no_grad()
+    def _recalibrate_batchnorm(self) -> None:
+        """Re-estimate the ResNet's BatchNorm statistics on this section's plain patches.
+
+        Eval-mode features then see activations normalised for this slide's stain and tissue
+        (AdaBN, Li et al. 2016): for a randomly initialised ResNet that is what keeps every
+        stage's texture statistics on a sensible scale; for pretrained weights it adapts them
+        to the section. One forward pass, exact averages (``momentum=None``).
+        """
+        resnet = self.module.resnet
+        norms = [m for m in resnet.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        resnet.train()
+        for idx in torch.arange(self.data.n_obs).split(_FEATURE_CHUNK):
+            resnet.forward_texture(PatchAugmenter.plain(patches_to_tensor(self.data.patches[idx].to(self.device))))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
     def _freeze_image(self) -> None:
-        """Cache ResNet features (eval mode, no augmentation) so later stages skip the CNN."""
+        """Cache standardised ResNet features (eval mode, no augmentation) so later stages skip the CNN."""
+        self._recalibrate_batchnorm()
         self.module.resnet.eval()
-        self.data.image_features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
+        raw = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False)
+        self.data.image_features = self.module.fit_image_standardisation(raw).cpu()
         for p in list(self.module.resnet.parameters()) + list(self.module.view_head.parameters()):
             p.requires_grad_(False)
         logger.info("froze the ResNet; cached image features %s", tuple(self.data.image_features.shape))
@@ -244,31 +269,29 @@ class StagedTrainer:
         x = self.data.x[batch.nodes].to(dev)
         ei = batch.edge_index.to(dev)
         seeds = batch.seeds.to(dev)
-        feats = spot_image_features(m, self.data, batch.nodes, dev, grad=True)
         target = self.data.target[batch.nodes[batch.seeds]].to(dev)
-        if cfg.mask_rate > 0:
-            # Masked spots must be inferred from their neighbourhood: the embedding has to carry
-            # the spatially predictable (domain) part of the expression, not spot-level noise.
-            masked = (torch.rand(x.shape[0], generator=self.generator) < cfg.mask_rate).to(dev)
-            x = torch.where(masked.unsqueeze(1), m.mask_token.expand_as(x), x)
         losses: dict[str, torch.Tensor] = {}
         if stage == "warmup":
             if not cfg.vanilla_contrastive:
                 h_g = m.encode_gene(x, ei)
                 losses["recon"] = cfg.w_recon * reconstruction_loss(m.gene_decoder(h_g[seeds]), target)
             return losses
-        out = m(x, ei, feats)
-        n_neg = min(cfg.n_negatives, x.shape[0])
-        negatives = torch.randperm(x.shape[0], generator=self.generator)[:n_neg].to(dev)
-        partner = out["z_i"] if m.has_image else out["h_g"]
+        # Only after the warm-up: the ResNet is the costly part and stage 1 does not use it here.
+        out = m(x, ei, spot_image_features(m, self.data, batch.nodes, dev, grad=True))
+        negatives = torch.randperm(x.shape[0], generator=self.generator)[: cfg.n_negatives].to(dev)
         if stage == "contrastive":
-            losses["contrast"] = neighbour_info_nce(out["z_g"], partner, seeds, None, negatives, cfg.temperature, 0.0)
+            losses["contrast"] = neighbour_info_nce(out["z_g"], out["z_i"], seeds, None, negatives, cfg.temperature, 0.0)
             return losses
         losses["recon"] = cfg.w_recon * reconstruction_loss(m.gene_decoder(out["z_g"][seeds]), target)
         losses["recon_fused"] = cfg.w_recon_fused * reconstruction_loss(m.fused_decoder(out["embedding"][seeds]), target)
-        if stage in ("shared", "regions") and cfg.w_contrast > 0:
+        if m.has_image and cfg.w_recon_image > 0:
+            # z_i is decoded by the gene decoder too (one shared space): the image stream must
+            # carry what in the image predicts expression, not image structure alone.
+            losses["recon_image"] = cfg.w_recon_image * reconstruction_loss(m.gene_decoder(out["z_i"][seeds]), target)
+        # The neighbourhood level is cross-modal: without an image there is nothing to align.
+        if stage in ("shared", "regions") and cfg.w_contrast > 0 and m.has_image:
             losses["contrast"] = cfg.w_contrast * neighbour_info_nce(
-                out["z_g"], partner, seeds, ei, negatives, cfg.temperature, cfg.neighbour_positive_weight
+                out["z_g"], out["z_i"], seeds, ei, negatives, cfg.temperature, cfg.neighbour_positive_weight
             )
         if stage == "regions":
             q = m.soft_assignment(out["embedding"][seeds])
@@ -284,6 +307,7 @@ class StagedTrainer:
         history: dict[str, pd.DataFrame] = {}
         self.module.to(self.device).train()
         bar = tqdm(total=sum(e for _, e in plan), desc="SENCA", disable=not self.progress_bar)
+        image_epochs = 0
         for stage, epochs in plan:
             if stage != "warmup" and self._resnet_trainable and cfg.freeze_image_after_warmup:
                 self._freeze_image()
@@ -294,8 +318,9 @@ class StagedTrainer:
                 if stage == "regions" and epoch % max(cfg.dec_update_interval, 1) == 0:
                     self._refresh_dec_targets()
                 sums: dict[str, float] = defaultdict(float)
-                if self._resnet_trainable and cfg.w_image_view > 0:
+                if self._resnet_trainable and cfg.w_image_view > 0 and image_epochs < cfg.epochs_image:
                     sums["image_view"] = self._image_view_epoch()
+                    image_epochs += 1
                 n_batches = 0
                 for batch in self.sampler.batches(self.rng):
                     losses = self._graph_losses(stage, batch)
