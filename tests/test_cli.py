@@ -117,6 +117,20 @@ def test_run_dlpfc_151510(tmp_path):
     assert metrics["n_regions"] == 7 and metrics["image"] == "patches"
 
 
+def test_demo_fusion_beats_each_modality(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-spots", "400", "-q"]) == 0
+    metrics = check_outputs(out, 400, has_labels=True)
+    assert metrics["image"] == "patches" and metrics["n_regions"] == 6
+    scores = metrics["demo_ari"]
+    assert set(scores) == {"ST only", "image only", "senca (ST + H&E)"}
+    full = scores["senca (ST + H&E)"]
+    assert full == pytest.approx(metrics["ari"])
+    assert full > scores["ST only"] and full > scores["image only"], scores
+    printed = capsys.readouterr().out
+    assert "ARI against the simulated truth" in printed and f"{full:.3f}" in printed
+
+
 def test_force_replaces_only_with_complete_outputs(tmp_path):
     require(HER2ST)
     out = tmp_path / "c1"

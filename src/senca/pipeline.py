@@ -13,6 +13,8 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
 
 from senca import io
 from senca.clustering import cluster
@@ -70,6 +72,28 @@ def _image_features(adata: ad.AnnData, spec: str) -> np.ndarray:
     return features.astype(np.float32)
 
 
+def _prepare(adata: ad.AnnData, settings: RunSettings) -> tuple[ad.AnnData, np.ndarray | None]:
+    """Preprocess and build the spatial graph; the given image features follow the kept spots."""
+    image_features = _image_features(adata, settings.image.features) if settings.image.features else None
+    kept = adata.obs_names
+    pp = settings.preprocessing
+    adata = preprocess(adata, min_counts=pp.min_counts, min_spots=pp.min_spots, n_top_genes=pp.n_top_genes,
+                       n_comps=pp.n_comps, seed=settings.seed)
+    if image_features is not None:
+        image_features = image_features[kept.get_indexer(adata.obs_names)]
+    spatial_graph(adata, method=settings.graph.method, radius=settings.graph.radius, n_neighbors=settings.graph.n_neighbors)
+    return adata, image_features
+
+
+def _n_regions(adata: ad.AnnData, settings: RunSettings) -> int | None:
+    """``settings.clustering.k``, else the number of reference labels when there are labels."""
+    k = settings.clustering.k
+    if k is None and LABEL_KEY in adata.obs and adata.obs[LABEL_KEY].notna().any():
+        k = n_clusters_from_labels(adata, LABEL_KEY)
+        logger.info("k = %d, the number of reference labels other than 'undetermined'", k)
+    return k
+
+
 def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
     """Run senca on one section.
 
@@ -89,14 +113,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    image_features = _image_features(adata, settings.image.features) if settings.image.features else None
-    kept = adata.obs_names
-    pp = settings.preprocessing
-    adata = preprocess(adata, min_counts=pp.min_counts, min_spots=pp.min_spots, n_top_genes=pp.n_top_genes,
-                       n_comps=pp.n_comps, seed=settings.seed)
-    if image_features is not None:
-        image_features = image_features[kept.get_indexer(adata.obs_names)]
-    spatial_graph(adata, method=settings.graph.method, radius=settings.graph.radius, n_neighbors=settings.graph.n_neighbors)
+    adata, image_features = _prepare(adata, settings)
     timings["preprocess_s"] = time.perf_counter() - start
 
     config = settings.model.replace(seed=settings.seed)
@@ -110,10 +127,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
             logger.warning("the section has no H&E image: running on the transcriptomics alone")
             config = config.replace(use_image=False)
 
-    k = settings.clustering.k
-    if k is None and LABEL_KEY in adata.obs and adata.obs[LABEL_KEY].notna().any():
-        k = n_clusters_from_labels(adata, LABEL_KEY)
-        logger.info("k = %d, the number of reference labels other than 'undetermined'", k)
+    k = _n_regions(adata, settings)
     config = config.replace(n_clusters=k)
 
     step = time.perf_counter()
@@ -139,3 +153,51 @@ def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
     if LABEL_KEY in adata.obs and adata.obs[LABEL_KEY].notna().any():
         metrics.update(score(adata, LABEL_KEY, REGION_KEY))
     return RunResult(adata=adata, model=model, metrics=metrics)
+
+
+def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 30) -> pd.Series:
+    """Regions from senca's image branch alone (the image-only ablation).
+
+    Trains the model of ``settings`` (image branch switched on) through its stage-1 warm-up
+    only, in which the ResNet learns from the agreement of two augmented views of each patch
+    and is then frozen: with the same settings and seed its features are exactly those the full
+    model fuses (:meth:`senca.model.SENCA.get_image_features`). They are reduced by PCA and
+    clustered with the clustering of ``settings`` (method, k, spatial refinement). Precomputed
+    image features (``settings.image.features``) are clustered as they are (standardised).
+
+    Parameters
+    ----------
+    adata
+        The section as read (raw counts in ``X``) with its H&E image or image features.
+    settings
+        All settings, as for :func:`run_section`; ``settings.clustering.k`` ``None`` means the
+        number of reference labels (other than "undetermined") when the section has labels,
+        otherwise chosen by BIC.
+    n_comps
+        Principal components of the image features that are clustered.
+
+    Returns
+    -------
+    Region per spot, indexed by the spots kept by preprocessing.
+
+    Raises
+    ------
+    SencaInputError
+        The section has neither an H&E image nor image features.
+    """
+    adata, image_features = _prepare(adata, settings)
+    patches = None
+    if image_features is None:
+        if not has_image(adata):
+            raise SencaInputError("image-only regions: the section has no H&E image and no image features were given")
+        patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px)
+    config = settings.model.replace(seed=settings.seed, use_image=True, epochs_shared=0, epochs_regions=0)
+    model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=settings.device)
+    if patches is not None:  # precomputed features need no training
+        model.train()
+    features = model.get_image_features()
+    n_comps = min(n_comps, features.shape[1], features.shape[0] - 1)
+    adata.obsm["X_image"] = PCA(n_comps, random_state=settings.seed).fit_transform(features)
+    cluster(adata, use_rep="X_image", method=settings.clustering.method, n_clusters=_n_regions(adata, settings),
+            refine=settings.clustering.refine, seed=settings.seed, key_added="image_region")
+    return adata.obs["image_region"].rename(REGION_KEY)
