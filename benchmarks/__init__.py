@@ -1,0 +1,1 @@
+"""Benchmark harness of senca: ``python benchmarks/run.py`` (see ``benchmarks/README.md``)."""

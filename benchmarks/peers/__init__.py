@@ -1,0 +1,1 @@
+"""Adapters for the published peers, each optional: SpaGCN, STAGATE, GraphST (see ``common``)."""

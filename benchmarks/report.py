@@ -1,0 +1,332 @@
+"""From run records to ``results.json`` and ``RESULTS.md``.
+
+A run record is the dict a child process writes for one (method, section, seed): ``method``,
+``dataset``, ``section``, ``seed``, ``status`` (``"ok"`` or ``"failed"``), and for a finished
+run ``ari``, ``nmi``, ``seconds``, ``peak_mb`` (plus the regions per spot, for the figures).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+from benchmarks.protocol import DATASETS, SECTIONS
+
+logger = logging.getLogger(__name__)
+
+VERSIONED = ("senca", "torch", "numpy", "scipy", "pandas", "scanpy", "anndata", "scikit-learn", "torch-geometric",
+             "igraph", "leidenalg", "matplotlib", "spagcn-modern", "stagate-modern", "graphst-modern", "POT",
+             "scikit-misc")
+
+
+def aggregate(records: Iterable[dict]) -> dict:
+    """Summarise finished runs over seeds into the ``results.json`` schema.
+
+    Returns
+    -------
+    ``{dataset: {method: {section: {"ari": mean, "ari_std": s, "nmi": mean, "seconds": median,
+    "peak_mb": max}}}}`` over the runs with status ``"ok"``; ``ari_std`` is the sample
+    standard deviation over seeds (0 for a single seed). Datasets, methods and sections keep
+    the order in which they first appear.
+    """
+    runs: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for record in records:
+        if record["status"] == "ok":
+            runs[record["dataset"], record["method"], record["section"]].append(record)
+    results: dict = {}
+    for (dataset, method, section), group in runs.items():
+        ari = np.array([r["ari"] for r in group], dtype=float)
+        results.setdefault(dataset, {}).setdefault(method, {})[section] = {
+            "ari": round(float(ari.mean()), 4),
+            "ari_std": round(float(ari.std(ddof=1)) if len(ari) > 1 else 0.0, 4),
+            "nmi": round(float(np.mean([r["nmi"] for r in group])), 4),
+            "seconds": round(float(np.median([r["seconds"] for r in group])), 2),
+            "peak_mb": round(float(max(r["peak_mb"] for r in group)), 1),
+        }
+    return results
+
+
+def per_section(results: dict, method: str, metric: str = "ari") -> dict[str, float]:
+    """``{section: value}`` of one method over every dataset."""
+    return {section: values[metric] for dataset in results.values()
+            for section, values in dataset.get(method, {}).items()}
+
+
+@dataclass
+class PairedTest:
+    """Paired Wilcoxon signed-rank test of the reference against one method over sections."""
+
+    method: str
+    sections: list[str] = field(default_factory=list)
+    mean_difference: float = math.nan
+    wins: int = 0
+    losses: int = 0
+    p_value: float = math.nan
+    note: str = ""
+
+
+def wilcoxon_tests(results: dict, reference: str, methods: Sequence[str]) -> list[PairedTest]:
+    """Two-sided Wilcoxon signed-rank test of ``reference`` vs each method on per-section mean ARI.
+
+    Pairs are the sections (of every dataset) where both have results. Zero differences are
+    dropped (``zero_method="wilcox"``); with no non-zero difference the test is not defined
+    and ``p_value`` stays NaN with a note.
+    """
+    ref = per_section(results, reference)
+    tests = []
+    for method in methods:
+        if method == reference:
+            continue
+        other = per_section(results, method)
+        sections = [s for s in ref if s in other]
+        test = PairedTest(method, sections)
+        if not sections:
+            test.note = "no section in common"
+            tests.append(test)
+            continue
+        a = np.array([ref[s] for s in sections])
+        b = np.array([other[s] for s in sections])
+        diff = a - b
+        test.mean_difference = float(diff.mean())
+        test.wins, test.losses = int((diff > 0).sum()), int((diff < 0).sum())
+        if not np.any(diff != 0):
+            test.note = "all differences are zero"
+        else:
+            test.p_value = float(wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
+            if len(sections) < 6:
+                test.note = f"only {len(sections)} section(s): p cannot fall below 0.05"
+        tests.append(test)
+    return tests
+
+
+def versions() -> dict[str, str]:
+    """Python, the machine and the installed versions of the packages that matter here."""
+    out = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_results_json(results: dict, path: Path) -> None:
+    """Write ``results.json`` (datasets in protocol order, sections in protocol order)."""
+    order = [s.name for s in SECTIONS]
+    ordered = {dataset: {method: {s: sections[s] for s in sorted(sections, key=order.index)}
+                         for method, sections in results[dataset].items()}
+               for dataset in DATASETS if dataset in results}
+    path.write_text(json.dumps(ordered, indent=2) + "\n")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], text_columns: int = 1) -> list[str]:
+    """A Markdown table: the first ``text_columns`` columns left-aligned, numbers right-aligned."""
+    align = ["---" if i < text_columns else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def her2st_mean(results: dict, method: str, metric: str = "ari") -> tuple[float, int]:
+    """Mean over the HER2ST sections the method ran on, and how many there were."""
+    values = [v[metric] for v in results.get("her2st", {}).get(method, {}).values()]
+    return (float(np.mean(values)) if values else math.nan), len(values)
+
+
+@dataclass
+class ReportContext:
+    """What RESULTS.md says besides the numbers."""
+
+    command: str
+    quick: bool
+    seeds: list[int]
+    methods: list[str]
+    sections: list[str]
+    reference: str
+    params: dict[str, dict]
+    not_run: dict[str, str] = field(default_factory=dict)
+    not_applicable: dict[str, list[str]] = field(default_factory=dict)
+    failed: list[dict] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    section_info: dict[str, dict] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=versions)
+
+
+def _reported_methods(results: dict, ctx: ReportContext) -> list[str]:
+    return [m for m in ctx.methods if any(m in by_method for by_method in results.values())]
+
+
+def _section_rows(ctx: ReportContext, cell, mean_cell=None) -> list[list[str]]:
+    """One row per section (protocol order); the HER2ST mean row after the HER2ST sections."""
+    rows = []
+    her2st = [s for s in SECTIONS if s.dataset == "her2st" and s.name in ctx.sections]
+    for section in SECTIONS:
+        if section.name not in ctx.sections:
+            continue
+        rows.append([section.name] + cell(section))
+        if mean_cell is not None and her2st and section == her2st[-1]:
+            rows.append(["**HER2ST mean**"] + mean_cell(len(her2st)))
+    return rows
+
+
+def _metric_table(results: dict, ctx: ReportContext, metric: str, with_std: bool) -> list[str]:
+    methods = _reported_methods(results, ctx)
+
+    def cell(section) -> list[str]:
+        out = []
+        for method in methods:
+            values = results.get(section.dataset, {}).get(method, {}).get(section.name)
+            if values is None:
+                out.append("n/a" if section.name in ctx.not_applicable.get(method, []) else "—")
+            elif with_std and len(ctx.seeds) > 1:
+                out.append(f"{values[metric]:.3f} ± {values[metric + '_std']:.3f}")
+            else:
+                out.append(f"{values[metric]:.3f}")
+        return out
+
+    def mean_cell(n_total: int) -> list[str]:
+        out = []
+        for method in methods:
+            mean, n = her2st_mean(results, method, metric)
+            out.append("—" if n == 0 else f"**{mean:.3f}**" + ("" if n == n_total else f" ({n}/{n_total})"))
+        return out
+
+    return _table(["section"] + methods, _section_rows(ctx, cell, mean_cell))
+
+
+def _cost_table(results: dict, ctx: ReportContext) -> list[str]:
+    methods = _reported_methods(results, ctx)
+
+    def cell(section) -> list[str]:
+        out = []
+        for method in methods:
+            values = results.get(section.dataset, {}).get(method, {}).get(section.name)
+            if values is None:
+                out.append("n/a" if section.name in ctx.not_applicable.get(method, []) else "—")
+            else:
+                out.append(f"{values['seconds']:.0f} s / {values['peak_mb']:.0f} MB")
+        return out
+
+    return _table(["section"] + methods, _section_rows(ctx, cell))
+
+
+def _wilcoxon_lines(results: dict, ctx: ReportContext) -> list[str]:
+    tests = wilcoxon_tests(results, ctx.reference, _reported_methods(results, ctx))
+    rows = [[t.method, t.note, str(len(t.sections)), _fmt(t.mean_difference), f"{t.wins}/{t.losses}",
+             _fmt(t.p_value, 4)] for t in tests]
+    return _table([f"{ctx.reference} vs", "note", "sections", "mean ARI difference", "wins/losses", "p (two-sided)"],
+                  rows, text_columns=2)
+
+
+def section_info(records: Iterable[dict]) -> dict[str, dict]:
+    """``{section: {"k", "n_scored"}}`` from finished runs (the same for every method that keeps all spots)."""
+    info: dict[str, dict] = {}
+    for record in records:
+        if record["status"] == "ok" and "k" in record:
+            entry = info.setdefault(record["section"], {"k": record["k"], "n_scored": record["n_scored"]})
+            entry["n_scored"] = max(entry["n_scored"], record["n_scored"])
+    return info
+
+
+def _sections_table(ctx: ReportContext) -> list[str]:
+    rows = []
+    for section in SECTIONS:
+        if section.name in ctx.sections and section.name in ctx.section_info:
+            info = ctx.section_info[section.name]
+            rows.append([section.name, section.dataset, section.platform, "yes" if section.image else "no",
+                         str(info["k"]), str(info["n_scored"])])
+    return _table(["section", "dataset", "platform", "H&E", "k", "scored spots"], rows, text_columns=4)
+
+
+def render_markdown(results: dict, ctx: ReportContext) -> str:
+    """The text of RESULTS.md."""
+    ref = ctx.reference
+    seeds = ", ".join(map(str, ctx.seeds))
+    lines = [
+        "# senca benchmark results",
+        "",
+        "Regenerated, with `results.json` and the figures beside it, by:",
+        "",
+        "```",
+        ctx.command,
+        "```",
+        "",
+    ]
+    if ctx.quick:
+        lines += ["**Quick check** (`--quick`): one seed and a tenth of every method's training epochs. "
+                  "These numbers are not the benchmark.", ""]
+    lines += [
+        "## Protocol",
+        "",
+        "- Sections: the 8 labelled HER2ST sections (legacy ST) and DLPFC 151510 (10x Visium, 500 genes). "
+        "Only A1 has an H&E image (the 2000 px display image, scale 0.28761); DLPFC is run without its "
+        "600 px low-resolution image.",
+        "- k = the number of reference labels other than \"undetermined\"; ARI and NMI on the spots "
+        "whose label is present and not \"undetermined\".",
+        f"- Seeds {seeds}; cells give the mean (± sample standard deviation) over seeds.",
+        "- Each (method, section, seed) runs in its own child process: seconds = wall time of the method "
+        "on the section as read (preprocessing, training, clustering; reading the files excluded), median "
+        "over seeds; peak memory = the child's maximum resident set size (`ru_maxrss`, imports included), "
+        "maximum over seeds.",
+        "- One set of hyper-parameters for every section (listed below); nothing is tuned per section.",
+        "- Ablations of senca switch the image, the fusion or the losses, so they run where the section has "
+        "an image (A1); `n/a` elsewhere.",
+        "",
+        *_sections_table(ctx),
+        "",
+        "## ARI per section",
+        "",
+        *_metric_table(results, ctx, "ari", with_std=True),
+        "",
+        "## NMI per section",
+        "",
+        *_metric_table(results, ctx, "nmi", with_std=False),
+        "",
+        f"## Paired Wilcoxon signed-rank test: {ref} vs each method",
+        "",
+        f"Over the sections (HER2ST and DLPFC) where both ran, on the per-section mean ARI; "
+        f"difference = {ref} − method; two-sided, exact for small samples, zero differences dropped.",
+        "",
+        *_wilcoxon_lines(results, ctx),
+        "",
+        "## Wall time and peak memory",
+        "",
+        "Median seconds over seeds / maximum peak resident memory over seeds "
+        f"({ctx.versions.get('machine', '')}).",
+        "",
+        *_cost_table(results, ctx),
+        "",
+    ]
+    if ctx.not_run or ctx.failed:
+        lines += ["## Not run or failed", ""]
+        lines += [f"- **{method}**: not run — {reason}" for method, reason in ctx.not_run.items()]
+        lines += [f"- **{r['method']}** on {r['section']} (seed {r['seed']}): failed — {r.get('error', 'no message')}"
+                  for r in ctx.failed]
+        lines.append("")
+    if ctx.figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{Path(name).stem}]({name})" for name in ctx.figures]
+        lines.append("")
+    lines += ["## Hyper-parameters", "",
+              "The same for every section; senca and its ablations use `senca.settings.RunSettings()` at its "
+              "defaults (only the ablation switches and, with `--quick`, the epochs changed).", ""]
+    for method in ctx.methods:
+        if method in ctx.params:
+            lines += [f"### {method}", "", "```json", json.dumps(ctx.params[method], indent=1, default=str), "```", ""]
+    versions_rows = [[name, version] for name, version in ctx.versions.items()]
+    lines += ["## Versions", "", *_table(["package", "version"], versions_rows, text_columns=2), ""]
+    return "\n".join(lines)
