@@ -378,7 +378,8 @@ def test_resnet_branch_trains_and_reloads_from_cached_features(tmp_path):
     domain = a.obs["domain"].astype(int).to_numpy()
     colours = np.array([[200, 80, 150], [120, 60, 200], [240, 200, 220]], np.uint8)
     patches = (colours[domain][:, :, None, None] + rng.integers(0, 20, (a.n_obs, 3, 16, 16))).astype(np.uint8)
-    model = SENCA(a, patches=patches, device="cpu", **{**FAST, "epochs_warmup": 2, "epochs_shared": 2, "epochs_regions": 1})
+    model = SENCA(a, patches=patches, device="cpu", **{**FAST, "epochs_warmup": 2, "epochs_shared": 2, "epochs_regions": 1,
+                                                         "epochs_image": 1})
     assert model.module.image_mode == "resnet"
     model.train(progress_bar=False)
     assert "image_view" in model.history["warmup"].columns

@@ -17,10 +17,6 @@ from senca.settings import RunSettings, read_toml
 logger = logging.getLogger(__name__)
 
 DEMO_EPOCHS = 60
-# Passes of the image view-agreement loss in the demo. The texture statistics of the ResNet
-# separate the simulated tissues at random init; a few CPU passes of the loss cost most of the
-# demo's time and made the features no better (they need many more than a demo can afford).
-DEMO_IMAGE_EPOCHS = 0
 
 
 def scale_epochs(settings: RunSettings, total: int) -> None:
@@ -108,7 +104,6 @@ def demo(args: argparse.Namespace) -> int:
     settings = RunSettings()
     # 32 px is the simulated image's own resolution over two spot diameters: no upsampling.
     settings.image = dataclasses.replace(settings.image, patch_px=32)
-    settings.model = settings.model.replace(epochs_image=DEMO_IMAGE_EPOCHS)
     if args.epochs is None:
         args.epochs = DEMO_EPOCHS  # a short schedule so the demo answers in minutes on a laptop CPU
     _apply_common(settings, args)

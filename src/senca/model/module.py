@@ -113,7 +113,12 @@ class SencaModule(nn.Module):
 
     @torch.no_grad()
     def fit_image_standardisation(self, features: torch.Tensor) -> torch.Tensor:
-        """Standardise each image feature over the spots and keep the scaling for later calls.
+        """Standardise the image features over the spots and keep the scaling for later calls.
+
+        Each feature is standardised, then each level of the texture pyramid (pixels, stem,
+        ``layer1`` ... ``layer4``) is scaled by ``1 / sqrt(its size)`` so that every level has
+        the same total variance: otherwise the six stain statistics of the pixels would be
+        drowned by the 1024 of ``layer4``, though stain is often what tells tissues apart.
 
         Parameters
         ----------
@@ -122,13 +127,18 @@ class SencaModule(nn.Module):
 
         Returns
         -------
-        ``features`` standardised. Features that hardly vary (e.g. the standard deviation of
-        a stage one pixel wide) are only centred, so noise is not blown up.
+        ``features`` rescaled. Features that hardly vary (e.g. the standard deviation of a
+        stage one pixel wide) are only centred, so noise is not blown up.
         """
         features = features * self.image_std + self.image_mean
         mean = features.mean(0)
         std = features.std(0)
         std = torch.where(std > 1e-3 * std.max().clamp(min=1e-12), std, torch.ones_like(std))
+        level_size = torch.repeat_interleave(
+            torch.tensor(self.resnet.texture_levels, dtype=std.dtype, device=std.device),
+            torch.tensor(self.resnet.texture_levels, device=std.device),
+        )
+        std = std * level_size.sqrt()
         self.image_mean.copy_(mean)
         self.image_std.copy_(std)
         return (features - mean) / std

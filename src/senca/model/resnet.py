@@ -103,8 +103,9 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         self.out_dim = 512 * block.expansion
-        # Mean and standard deviation of the stem and of each of the four stages.
-        self.texture_dim = 2 * (64 + sum(planes * block.expansion for planes in (64, 128, 256, 512)))
+        # Mean and standard deviation of the pixels (stain), of the stem and of each stage.
+        self.texture_levels = tuple(2 * c for c in (3, 64, *(p * block.expansion for p in (64, 128, 256, 512))))
+        self.texture_dim = sum(self.texture_levels)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -141,11 +142,13 @@ class ResNet(nn.Module):
 
         Returns
         -------
-        ``(batch, texture_dim)``: for the stem (after max-pooling) and ``layer1`` ... ``layer4``
-        in turn, the per-channel means then the per-channel standard deviations.
+        ``(batch, texture_dim)``: for the input pixels (the stain: colour mean and spread), the
+        stem (after max-pooling) and ``layer1`` ... ``layer4`` in turn (sizes
+        ``texture_levels``), the per-channel means then the per-channel standard deviations.
         """
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         stats = [_moments(x)]
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        stats.append(_moments(x))
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
             stats.append(_moments(x))
