@@ -94,7 +94,7 @@ def _n_regions(adata: ad.AnnData, settings: RunSettings) -> int | None:
     return k
 
 
-def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
+def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True) -> RunResult:
     """Run senca on one section.
 
     Parameters
@@ -104,6 +104,8 @@ def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
     settings
         All settings; ``settings.clustering.k`` ``None`` means: the number of reference labels
         (other than "undetermined") when the section has labels, otherwise chosen by BIC.
+    progress
+        Show progress bars (patch cutting, training).
 
     Returns
     -------
@@ -121,7 +123,8 @@ def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
     if config.use_image and image_features is None:
         if has_image(adata):
             step = time.perf_counter()
-            patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px)
+            patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px,
+                                      show_progress=progress)
             timings["patches_s"] = time.perf_counter() - step
         else:
             logger.warning("the section has no H&E image: running on the transcriptomics alone")
@@ -132,7 +135,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
 
     step = time.perf_counter()
     model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=settings.device)
-    model.train()
+    model.train(progress_bar=progress)
     adata.obsm["X_senca"] = model.get_latent_representation()
     timings["train_s"] = time.perf_counter() - step
 
@@ -155,7 +158,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings) -> RunResult:
     return RunResult(adata=adata, model=model, metrics=metrics)
 
 
-def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 30) -> pd.Series:
+def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 30, progress: bool = True) -> pd.Series:
     """Regions from senca's image branch alone (the image-only ablation).
 
     Trains the model of ``settings`` (image branch switched on) through its stage-1 warm-up
@@ -175,6 +178,8 @@ def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 
         otherwise chosen by BIC.
     n_comps
         Principal components of the image features that are clustered.
+    progress
+        Show progress bars (patch cutting, training).
 
     Returns
     -------
@@ -190,11 +195,12 @@ def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 
     if image_features is None:
         if not has_image(adata):
             raise SencaInputError("image-only regions: the section has no H&E image and no image features were given")
-        patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px)
+        patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px,
+                                  show_progress=progress)
     config = settings.model.replace(seed=settings.seed, use_image=True, epochs_shared=0, epochs_regions=0)
     model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=settings.device)
     if patches is not None:  # precomputed features need no training
-        model.train()
+        model.train(progress_bar=progress)
     features = model.get_image_features()
     n_comps = min(n_comps, features.shape[1], features.shape[0] - 1)
     adata.obsm["X_image"] = PCA(n_comps, random_state=settings.seed).fit_transform(features)

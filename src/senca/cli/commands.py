@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_output_dir(args.out, args.force)  # before hours of work, not after
     adata = load_section(settings)
-    result = run_section(adata, settings)
+    result = run_section(adata, settings, progress=not args.quiet)
     title = settings.input.sample or Path(settings.input.path).name
     write_outputs(result, settings, args.out, title=title, force=args.force)
     print(_summary(result.metrics, args.out))
@@ -110,12 +110,13 @@ def demo(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.force)
     adata = simulate_tissue(n_spots=args.n_spots, grid=args.grid, seed=settings.seed)
     logger.info("demo: training senca on ST only")
-    st_only = run_section(adata.copy(), dataclasses.replace(settings, model=settings.model.replace(use_image=False)))
+    st_only = run_section(adata.copy(), dataclasses.replace(settings, model=settings.model.replace(use_image=False)),
+                          progress=not args.quiet)
     logger.info("demo: clustering the image branch alone")
-    image_regions = image_only_regions(adata.copy(), settings)
+    image_regions = image_only_regions(adata.copy(), settings, progress=not args.quiet)
     image_only = ari_nmi(adata.obs[LABEL_KEY].reindex(image_regions.index), image_regions)
     logger.info("demo: training senca on ST + H&E")
-    result = run_section(adata, settings)
+    result = run_section(adata, settings, progress=not args.quiet)
     scores = {
         "ST only": st_only.metrics["ari"],
         "image only": image_only["ari"],
