@@ -26,3 +26,15 @@ def require(path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _senca_logs(caplog):
     caplog.set_level(logging.INFO, logger="senca")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny-tensor tests: many times faster on a
+    shared 2-core machine; the previous setting is restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,6 +29,9 @@ FAST = dict(
     n_clusters=3, image_batch_size=32,
 )
 
+# Tiny tensors: one intra-op thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def grid_adata(side: int = 20, n_pcs: int = 12, seed: int = 0) -> AnnData:
     """``side x side`` grid with three vertical bands of distinct mean PCs and a 4-neighbour graph."""
@@ -60,15 +63,6 @@ def image_features_for(adata: AnnData, dim: int = 10, seed: int = 1) -> np.ndarr
 def grid_edges(adata: AnnData) -> torch.Tensor:
     coo = adata.obsp["spatial_connectivities"].tocoo()
     return torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is many times faster on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

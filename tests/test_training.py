@@ -27,6 +27,9 @@ from senca.training.trainer import neighbourhood_mean
 
 FAST = dict(hidden_dim=32, latent_dim=8, gt_heads=2, ca_heads=2, epochs_warmup=2, epochs_shared=3, epochs_regions=2, n_clusters=3)
 
+# Tiny tensors: one intra-op thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def grid(side: int = 16, n_pcs: int = 10, seed: int = 0) -> AnnData:
     rng = np.random.default_rng(seed)
@@ -46,15 +49,6 @@ def grid(side: int = 16, n_pcs: int = 10, seed: int = 0) -> AnnData:
 def edges_of(adata: AnnData) -> torch.Tensor:
     coo = adata.obsp["spatial_connectivities"].tocoo()
     return torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is many times faster on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- losses
