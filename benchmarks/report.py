@@ -183,20 +183,28 @@ def _section_rows(ctx: ReportContext, cell, mean_cell=None) -> list[list[str]]:
     return rows
 
 
+def _cells(results: dict, ctx: ReportContext, methods: Sequence[str], section, fmt) -> list[str]:
+    """One table row's cells: ``fmt(values)`` per method, "n/a" where it does not apply, "—" where missing."""
+    out = []
+    for method in methods:
+        values = results.get(section.dataset, {}).get(method, {}).get(section.name)
+        if values is None:
+            out.append("n/a" if section.name in ctx.not_applicable.get(method, []) else "—")
+        else:
+            out.append(fmt(values))
+    return out
+
+
 def _metric_table(results: dict, ctx: ReportContext, metric: str, with_std: bool) -> list[str]:
     methods = _reported_methods(results, ctx)
 
+    def fmt(values: dict) -> str:
+        if with_std and len(ctx.seeds) > 1:
+            return f"{values[metric]:.3f} ± {values[metric + '_std']:.3f}"
+        return f"{values[metric]:.3f}"
+
     def cell(section) -> list[str]:
-        out = []
-        for method in methods:
-            values = results.get(section.dataset, {}).get(method, {}).get(section.name)
-            if values is None:
-                out.append("n/a" if section.name in ctx.not_applicable.get(method, []) else "—")
-            elif with_std and len(ctx.seeds) > 1:
-                out.append(f"{values[metric]:.3f} ± {values[metric + '_std']:.3f}")
-            else:
-                out.append(f"{values[metric]:.3f}")
-        return out
+        return _cells(results, ctx, methods, section, fmt)
 
     def mean_cell(n_total: int) -> list[str]:
         out = []
@@ -212,14 +220,7 @@ def _cost_table(results: dict, ctx: ReportContext) -> list[str]:
     methods = _reported_methods(results, ctx)
 
     def cell(section) -> list[str]:
-        out = []
-        for method in methods:
-            values = results.get(section.dataset, {}).get(method, {}).get(section.name)
-            if values is None:
-                out.append("n/a" if section.name in ctx.not_applicable.get(method, []) else "—")
-            else:
-                out.append(f"{values['seconds']:.0f} s / {values['peak_mb']:.0f} MB")
-        return out
+        return _cells(results, ctx, methods, section, lambda v: f"{v['seconds']:.0f} s / {v['peak_mb']:.0f} MB")
 
     return _table(["section"] + methods, _section_rows(ctx, cell))
 
