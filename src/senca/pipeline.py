@@ -161,10 +161,11 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
 def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 30, progress: bool = True) -> pd.Series:
     """Regions from senca's image branch alone (the image-only ablation).
 
-    Trains the model of ``settings`` (image branch switched on) through its stage-1 warm-up
-    only, in which the ResNet learns from the agreement of two augmented views of each patch
-    and is then frozen: with the same settings and seed its features are exactly those the full
-    model fuses (:meth:`senca.model.SENCA.get_image_features`). They are reduced by PCA and
+    Trains only the image branch of the model of ``settings``: its ``epochs_image`` passes
+    of view agreement (none by default), then the BatchNorm re-estimation and freezing that
+    end stage 1. With the same settings and seed its features are exactly those the full model
+    fuses (:meth:`senca.model.SENCA.get_image_features`); the rest of the warm-up trains the
+    gene branch only and is skipped. They are reduced by PCA and
     clustered with the clustering of ``settings`` (method, k, spatial refinement). Precomputed
     image features (``settings.image.features``) are clustered as they are (standardised).
 
@@ -197,7 +198,9 @@ def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 
             raise SencaInputError("image-only regions: the section has no H&E image and no image features were given")
         patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px,
                                   show_progress=progress)
-    config = settings.model.replace(seed=settings.seed, use_image=True, epochs_shared=0, epochs_regions=0)
+    model_settings = settings.model
+    config = model_settings.replace(seed=settings.seed, use_image=True, epochs_warmup=model_settings.epochs_image,
+                                    epochs_shared=0, epochs_regions=0)
     model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=settings.device)
     if patches is not None:  # precomputed features need no training
         model.train(progress_bar=progress)

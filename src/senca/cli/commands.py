@@ -108,15 +108,16 @@ def demo(args: argparse.Namespace) -> int:
         args.epochs = DEMO_EPOCHS  # a short schedule so the demo answers in minutes on a laptop CPU
     _apply_common(settings, args)
     check_output_dir(args.out, args.force)
+    progress = not args.quiet
     adata = simulate_tissue(n_spots=args.n_spots, grid=args.grid, seed=settings.seed)
     logger.info("demo: training senca on ST only")
     st_only = run_section(adata.copy(), dataclasses.replace(settings, model=settings.model.replace(use_image=False)),
-                          progress=not args.quiet)
+                          progress=progress)
     logger.info("demo: clustering the image branch alone")
-    image_regions = image_only_regions(adata.copy(), settings, progress=not args.quiet)
+    image_regions = image_only_regions(adata.copy(), settings, progress=progress)
     image_only = ari_nmi(adata.obs[LABEL_KEY].reindex(image_regions.index), image_regions)
     logger.info("demo: training senca on ST + H&E")
-    result = run_section(adata, settings, progress=not args.quiet)
+    result = run_section(adata, settings, progress=progress)
     scores = {
         "ST only": st_only.metrics["ari"],
         "image only": image_only["ari"],
