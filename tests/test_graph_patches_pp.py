@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from senca.errors import SencaInputError
-from senca.graph import edge_index, spatial_graph, spot_spacing
+from senca.graph import edge_index, morans_i, spatial_graph, spot_spacing
 from senca.image import extract_patches
 from senca.preprocessing import preprocess
 
@@ -54,6 +54,32 @@ def test_graph_bad_method_and_isolated_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="senca"):
         spatial_graph(adata)
     assert "1 of 64 spots have no spatial neighbour" in caplog.text
+
+
+def test_morans_i_orders_smooth_noise_and_checkerboard():
+    adata = spatial_graph(grid_adata("square", rows=20, cols=20), radius=101.0)  # 4 neighbours
+    x_pos, y_pos = (adata.obsm["spatial"] / 100.0).T
+    rng = np.random.default_rng(0)
+    features = np.column_stack([
+        x_pos + y_pos,                      # smooth gradient
+        (x_pos + y_pos) % 2,                # checkerboard
+        np.ones(adata.n_obs),               # constant
+        rng.normal(size=(adata.n_obs, 40)),  # noise
+    ])
+    result = morans_i(features, adata.obsp["spatial_connectivities"])
+    assert result.i[0] > 0.9 and result.z[0] > 10
+    assert result.i[1] == pytest.approx(-1.0) and result.z[1] < -10
+    assert result.i[2] == 0 and result.z[2] == 0
+    noise_z = result.z[3:]
+    assert np.abs(noise_z).max() < 4 and abs(noise_z.mean()) < 0.5
+    # The analytic z-score matches a permutation null of the same feature.
+    graph = adata.obsp["spatial_connectivities"]
+    permuted = np.column_stack([rng.permutation(features[:, 3]) for _ in range(400)])
+    null_i = morans_i(permuted, graph).i
+    expected_sd = (result.i[3] - (-1 / (adata.n_obs - 1))) / result.z[3]
+    assert null_i.std() == pytest.approx(expected_sd, rel=0.15)
+    with pytest.raises(SencaInputError, match="expected \\(n_spots, n_features\\)"):
+        morans_i(features[:10], graph)
 
 
 def test_spot_spacing_ignores_missing_spots():

@@ -350,6 +350,40 @@ def test_precomputed_features_array_equals_obsm_key(adata, full_embedding):
     assert z.shape[1] == FAST["latent_dim"]  # gated fusion of z_g and z_i
 
 
+def test_st_input_keeps_only_spatially_coherent_pcs(adata):
+    a = adata.copy()
+    n_coherent = a.obsm["X_pca"].shape[1]
+    noise = np.random.default_rng(3).normal(0, 3, size=(a.n_obs, 6)).astype(np.float32)
+    a.obsm["X_pca"] = np.hstack([a.obsm["X_pca"], noise])
+    model = SENCA(a, use_image=False, device="cpu", **FAST)
+    assert set(model.input_pcs) <= set(range(n_coherent)) and len(model.input_pcs) >= n_coherent - 2
+    assert model.data.x.shape[1] == len(model.input_pcs)
+    every = SENCA(a, use_image=False, device="cpu", coherence_z=None, **FAST)
+    assert np.array_equal(every.input_pcs, np.arange(n_coherent + 6))
+    # Pure noise: the two most coherent PCs are kept rather than none.
+    a.obsm["X_pca"] = noise
+    assert len(SENCA(a, use_image=False, device="cpu", **FAST).input_pcs) == 2
+
+
+def test_image_stream_reads_only_spatially_coherent_features(adata):
+    coherent = image_features_for(adata)
+    noise = np.random.default_rng(4).normal(0, 2, size=(adata.n_obs, 5)).astype(np.float32)
+    model = SENCA(adata.copy(), image_features=np.hstack([coherent, noise]), device="cpu", **FAST)
+    assert model.module.image_keep.sum() == coherent.shape[1] + 5  # all read before training
+    model.train(progress_bar=False)
+    keep = model.module.image_keep.numpy()
+    assert keep[: coherent.shape[1]].all() and not keep[coherent.shape[1]:].any()
+    assert model.get_image_features().shape == (adata.n_obs, coherent.shape[1])
+    # A noise feature no longer changes the embedding; a coherent one does.
+    z = model.get_latent_representation()
+    for column, changes in ((coherent.shape[1], False), (0, True)):
+        shifted = model.data.image_features.clone()
+        shifted[:, column] += 5.0
+        original, model.data.image_features = model.data.image_features, shifted
+        assert np.array_equal(model.get_latent_representation(), z) != changes
+        model.data.image_features = original
+
+
 def test_save_load_gives_the_same_embedding(tmp_path, adata):
     a = adata.copy()
     feats = image_features_for(adata)
@@ -360,6 +394,7 @@ def test_save_load_gives_the_same_embedding(tmp_path, adata):
         model.save(tmp_path / "m")
     loaded = SENCA.load(tmp_path / "m", a, image_features=feats, device="cpu")
     assert np.array_equal(loaded.get_latent_representation(), z)
+    assert np.array_equal(loaded.input_pcs, model.input_pcs)
     assert np.allclose(loaded.get_region_probabilities(), model.get_region_probabilities())
     assert loaded.config == model.config and set(loaded.history) == set(model.history)
     with pytest.raises(SencaInputError, match="image_features"):

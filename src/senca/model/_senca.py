@@ -18,6 +18,7 @@ from anndata import AnnData
 from torch_geometric.utils import remove_self_loops, to_undirected
 
 from senca.errors import SencaInputError
+from senca.graph.autocorrelation import coherent_features
 from senca.model._config import SencaConfig
 from senca.model.module import SencaModule
 from senca.training.trainer import (
@@ -74,6 +75,20 @@ def _st_input(adata: AnnData, pca_key: str, n_pcs: int | None = None) -> np.ndar
     if not np.isfinite(x).all():
         raise SencaInputError(f"AnnData: obsm[{pca_key!r}] contains NaN or infinite values")
     return x if n_pcs is None else x[:, :n_pcs]
+
+
+def _coherent_pcs(adata: AnnData, x: np.ndarray, graph_key: str, z_min: float | None) -> np.ndarray:
+    """Columns of ``x`` (PCs) used as ST input: the spatially coherent ones (``SencaConfig.coherence_z``).
+
+    On small noisy sections most PCs are noise (HER2ST: 4-11 of 200 pass ``z > 3``, yet the
+    others hold two thirds of the variance): left in, they would dominate the reconstruction loss.
+    """
+    if z_min is None:
+        return np.arange(x.shape[1])
+    _edge_index(adata, graph_key)  # validates the graph
+    keep = coherent_features(x, adata.obsp[graph_key], z_min)
+    logger.info("ST input: %d of %d PCs are spatially coherent (Moran's I z > %g)", keep.size, x.shape[1], z_min)
+    return keep
 
 
 def _edge_index(adata: AnnData, graph_key: str) -> torch.Tensor:
@@ -174,6 +189,8 @@ class SENCA:
                 raise SencaInputError(f"SENCA: unknown setting(s) {unknown}")
             config = config.replace(**config_overrides)
         x = _st_input(adata, pca_key, config.n_input_pcs)
+        input_pcs = _coherent_pcs(adata, x, graph_key, config.coherence_z)
+        x = x[:, input_pcs]
         x_scale = float(np.sqrt(np.mean(x**2)))
         data = _make_data(adata, x / x_scale, graph_key, config)
         if patches is not None and image_features is not None:
@@ -190,13 +207,15 @@ class SENCA:
             image_mode = "resnet"
         if config.vanilla_contrastive and image_mode == "none":
             raise SencaInputError("SENCA: vanilla_contrastive needs an image (patches or image_features)")
-        self._build(adata, config, data, image_mode, x_scale, pca_key, graph_key, device)
+        self._build(adata, config, data, image_mode, x_scale, input_pcs, pca_key, graph_key, device)
 
-    def _build(self, adata, config, data, image_mode, x_scale, pca_key, graph_key, device) -> None:
+    def _build(self, adata, config, data, image_mode, x_scale, input_pcs, pca_key, graph_key, device) -> None:
         self.adata = adata
         self.config = config
         self.data = data
         self.x_scale = x_scale
+        #: Columns of ``obsm[pca_key]`` the model reads (see ``SencaConfig.coherence_z``).
+        self.input_pcs = np.asarray(input_pcs, dtype=int)
         self.pca_key, self.graph_key = pca_key, graph_key
         self.device = _resolve_device(device)
         feature_dim = data.image_features.shape[1] if image_mode == "features" else None
@@ -272,9 +291,10 @@ class SENCA:
     def get_image_features(self) -> np.ndarray:
         """Per-spot features of the image branch alone, before any fusion with expression.
 
-        For the ResNet branch: its pooled features (trained only by the view-agreement loss);
-        for precomputed features: those features, standardised. Used to score an image-only
-        baseline with the same clustering.
+        For the ResNet branch: its texture statistics (trained only by the view-agreement
+        loss); for precomputed features: those features, standardised. After training, only
+        the spatially coherent features the model reads (``SencaConfig.coherence_z``). Used to
+        score an image-only baseline with the same clustering.
 
         Raises
         ------
@@ -285,8 +305,10 @@ class SENCA:
             raise SencaInputError("SENCA: the model has no image branch (use_image=False or no image given)")
         if self.data.image_features is None:
             with _compute_settings(self.config.num_threads):
-                return spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu().numpy()
-        return self.data.image_features.numpy().copy()
+                features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
+        else:
+            features = self.data.image_features
+        return features[:, self.module.image_keep.cpu() > 0].numpy()
 
     def get_region_probabilities(self) -> np.ndarray:
         """Soft assignment of every spot to the DEC region centres, ``(n_obs, k)``.
@@ -323,6 +345,7 @@ class SENCA:
             "n_obs": int(self.data.n_obs),
             "obs_hash": _obs_hash(self.adata),
             "x_scale": self.x_scale,
+            "input_pcs": self.input_pcs.tolist(),
             "image_mode": self.module.image_mode,
             "image_feature_dim": self.module.image_feature_dim,
             "n_centres": None if self.module.centres is None else int(self.module.centres.shape[0]),
@@ -369,9 +392,12 @@ class SENCA:
         config = SencaConfig.from_dict(attrs["config"])
         mode, pca_key, graph_key = attrs["image_mode"], attrs["pca_key"], attrs["graph_key"]
         x = _st_input(adata, pca_key, config.n_input_pcs)
-        if x.shape[1] != attrs["n_input"]:
-            raise SencaInputError(f"AnnData: obsm[{pca_key!r}] has {x.shape[1]} columns; model {path} expects {attrs['n_input']}")
-        data = _make_data(adata, x / attrs["x_scale"], graph_key, config)
+        input_pcs = attrs["input_pcs"]
+        if x.shape[1] <= max(input_pcs):
+            raise SencaInputError(
+                f"AnnData: obsm[{pca_key!r}] has {x.shape[1]} columns; model {path} reads columns up to {max(input_pcs)}"
+            )
+        data = _make_data(adata, x[:, input_pcs] / attrs["x_scale"], graph_key, config)
         if mode == "features":
             if image_features is None:
                 raise SencaInputError(f"{path}: model uses precomputed image features; pass image_features=")
@@ -385,7 +411,7 @@ class SENCA:
             data.image_features = torch.from_numpy(np.load(path / _FEATURES_FILE))
         obj = cls.__new__(cls)
         # The weight file was only needed to initialise; the saved state holds the weights.
-        obj._build(adata, config.replace(image_weights=None), data, mode, attrs["x_scale"], pca_key, graph_key, device)
+        obj._build(adata, config.replace(image_weights=None), data, mode, attrs["x_scale"], input_pcs, pca_key, graph_key, device)
         obj.config = obj.module.config = config
         if attrs["n_centres"]:
             obj.module.centres = torch.nn.Parameter(torch.zeros(attrs["n_centres"], obj.module.embedding_dim))
