@@ -119,8 +119,8 @@ def test_run_dlpfc_151510(tmp_path):
 
 def test_demo_fusion_beats_each_modality(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n-spots", "400", "-q"]) == 0
-    metrics = check_outputs(out, 400, has_labels=True)
+    assert main(["demo", "--out", str(out), "-q"]) == 0  # the default 1000 spots
+    metrics = check_outputs(out, 1000, has_labels=True)
     assert metrics["image"] == "patches" and metrics["n_regions"] == 6
     scores = metrics["demo_ari"]
     assert set(scores) == {"ST only", "image only", "senca (ST + H&E)"}

@@ -201,11 +201,13 @@ def test_stage_losses_follow_the_levels():
     # The neighbourhood-level term is off by default (w_contrast=0); switched on, it joins stages 2-3.
     full = SENCA(adata.copy(), image_features=feats, device="cpu", **FAST, w_contrast=0.02).train(progress_bar=False).history
     assert set(full["warmup"].columns) == {"recon", "total"}
-    assert set(full["shared"].columns) == {"recon", "recon_fused", "recon_image", "contrast", "total"}
-    assert set(full["regions"].columns) == {"recon", "recon_fused", "recon_image", "contrast", "dec", "total"}
+    shared = {"recon", "recon_fused", "recon_image", "recon_image_features", "contrast"}
+    assert set(full["shared"].columns) == shared | {"total"}
+    assert set(full["regions"].columns) == shared | {"dec", "total"}
     single = SENCA(adata.copy(), image_features=feats, device="cpu", hierarchical=False, **FAST).train(progress_bar=False).history
-    assert set(single["spot"].columns) == {"recon", "recon_fused", "recon_image", "total"}
+    assert set(single["spot"].columns) == {"recon", "recon_fused", "recon_image", "recon_image_features", "total"}
     vanilla = SENCA(adata.copy(), image_features=feats, device="cpu", vanilla_contrastive=True, **FAST).train(progress_bar=False).history
     assert set(vanilla["contrastive"].columns) == {"contrast", "total"}
-    zero = SENCA(adata.copy(), image_features=feats, device="cpu", **FAST, w_recon_image=0.0).train(progress_bar=False).history
+    zero = SENCA(adata.copy(), image_features=feats, device="cpu", **FAST, w_recon_image=0.0,
+                 w_recon_image_features=0.0).train(progress_bar=False).history
     assert set(zero["shared"].columns) == {"recon", "recon_fused", "total"}

@@ -62,6 +62,9 @@ class SencaModule(nn.Module):
             # SimCLR projection head, used only by the view-agreement loss.
             self.view_head = nn.Sequential(nn.Linear(image_feature_dim, hidden), nn.GELU(), nn.Linear(hidden, d))
         if image_mode != "none":
+            # 1 for the image features the model reads, 0 for the others; set from the
+            # section's spatial coherence by the trainer (all read until then).
+            self.register_buffer("image_keep", torch.ones(image_feature_dim))
             self.image_proj = nn.Sequential(
                 nn.LayerNorm(image_feature_dim),
                 nn.Linear(image_feature_dim, hidden),
@@ -85,6 +88,8 @@ class SencaModule(nn.Module):
             self.embedding_dim = 2 * d if has_image else d
         self.gene_decoder = nn.Linear(d, n_input)
         self.fused_decoder = nn.Linear(self.embedding_dim, n_input)
+        if has_image:
+            self.image_decoder = nn.Linear(self.embedding_dim, image_feature_dim)
 
         # DEC centres live in the standardised embedding space (the space the final GMM sees).
         self.register_buffer("emb_mean", torch.zeros(self.embedding_dim))
@@ -172,7 +177,7 @@ class SencaModule(nn.Module):
             z_g = self.shared(h_g, h_g, edge_index) if self.config.cross_attention else h_g
             out.update(z_g=z_g, embedding=z_g)
             return out
-        h_i = self.image_proj(image_features)
+        h_i = self.image_proj(image_features * self.image_keep)
         if self.config.cross_attention:
             image_block = self.shared if self.config.shared_encoder else self.image_block
             # Each stream attends over the other modality of the neighbourhood and over its own:

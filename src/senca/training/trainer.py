@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
 from torch_geometric.utils import add_remaining_self_loops, scatter
 from tqdm.auto import tqdm
 
+from senca.graph.autocorrelation import coherent_features
 from senca.training.augment import PatchAugmenter, patches_to_tensor
 from senca.training.losses import dec_loss, dec_target, neighbour_info_nce, nt_xent, reconstruction_loss
 from senca.training.sampler import SubgraphSampler
@@ -186,6 +188,9 @@ class StagedTrainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.dec_targets: torch.Tensor | None = None
+        self.image_columns: torch.Tensor | None = None
+        self.image_target: torch.Tensor | None = None
+        self.image_target_scale = 1.0
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -245,6 +250,35 @@ class StagedTrainer:
             p.requires_grad_(False)
         logger.info("froze the ResNet; cached image features %s", tuple(self.data.image_features.shape))
 
+    @torch.no_grad()
+    def _prepare_image_stream(self) -> None:
+        """Choose the image features the model reads and build their reconstruction target.
+
+        Only the spatially coherent features are read (``config.coherence_z``): tissue regions
+        are spatially coherent, and a feature whose values are spatial noise (many texture
+        statistics of a random or briefly trained ResNet) only adds noise to the image stream.
+        Sets the module's ``image_keep`` mask from the features the later stages see; the
+        target is those features averaged over each spot's neighbourhood, as for expression.
+        """
+        cfg = self.config
+        features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
+        if cfg.coherence_z is not None:
+            n = self.data.n_obs
+            ei = self.data.edge_index.numpy()
+            graph = sp.csr_matrix((np.ones(ei.shape[1]), (ei[1], ei[0])), shape=(n, n))
+            keep = torch.from_numpy(coherent_features(features.numpy(), graph, cfg.coherence_z))
+            mask = torch.zeros_like(self.module.image_keep)
+            mask[keep.to(mask.device)] = 1.0
+            self.module.image_keep.copy_(mask)
+            logger.info("image input: %d of %d features are spatially coherent (Moran's I z > %g)",
+                        keep.numel(), mask.numel(), cfg.coherence_z)
+        self.image_columns = torch.nonzero(self.module.image_keep.cpu()).squeeze(1)
+        target = neighbourhood_mean(features[:, self.image_columns], self.data.edge_index, cfg.target_smoothing_hops)
+        # Normalised by the target's total variance: 1 for a constant prediction, as the
+        # expression terms (unit mean square input) are, whatever the number of features.
+        self.image_target = target
+        self.image_target_scale = float(target.var(0).sum().clamp(min=1e-12))
+
     def _init_regions(self) -> None:
         cfg = self.config
         emb = embed(self.module, self.data, self.sampler, self.device)
@@ -288,6 +322,14 @@ class StagedTrainer:
             # z_i is decoded by the gene decoder too (one shared space): the image stream must
             # carry what in the image predicts expression, not image structure alone.
             losses["recon_image"] = cfg.w_recon_image * reconstruction_loss(m.gene_decoder(out["z_i"][seeds]), target)
+        if m.has_image and cfg.w_recon_image_features > 0:
+            # Spot level, image side: the fused embedding keeps what the image tells (e.g. two
+            # tissues with the same expression but different morphology), not only expression.
+            pred = m.image_decoder(out["embedding"][seeds])[:, self.image_columns.to(dev)]
+            image_target = self.image_target[batch.nodes[batch.seeds]].to(dev)
+            losses["recon_image_features"] = cfg.w_recon_image_features * (
+                (pred - image_target).pow(2).sum(-1).mean() / self.image_target_scale
+            )
         # The neighbourhood level is cross-modal: without an image there is nothing to align.
         if stage in ("shared", "regions") and cfg.w_contrast > 0 and m.has_image:
             losses["contrast"] = cfg.w_contrast * neighbour_info_nce(
@@ -308,9 +350,13 @@ class StagedTrainer:
         self.module.to(self.device).train()
         bar = tqdm(total=sum(e for _, e in plan), desc="SENCA", disable=not self.progress_bar)
         image_epochs = 0
+        image_selected = False
         for stage, epochs in plan:
             if stage != "warmup" and self._resnet_trainable and cfg.freeze_image_after_warmup:
                 self._freeze_image()
+            if stage != "warmup" and self.module.has_image and not image_selected:
+                self._prepare_image_stream()
+                image_selected = True
             if stage == "regions":
                 self._init_regions()
             rows = []
@@ -340,5 +386,7 @@ class StagedTrainer:
         bar.close()
         if self._resnet_trainable and cfg.freeze_image_after_warmup:
             self._freeze_image()
+        if self.module.has_image and not image_selected:  # e.g. the image branch trained alone
+            self._prepare_image_stream()
         self.module.eval()
         return history
