@@ -34,9 +34,10 @@ class SencaConfig:
         view-agreement loss over all patches (the first epochs of stage 1). 0 by default:
         the texture statistics of the randomly initialised ResNet (BatchNorm re-estimated on
         the section) already describe stain and texture, and the few passes a CPU affords
-        taught invariances that discarded the stain (HER2ST A1 with its image, seeds 0-2:
-        ARI 0.52 / 0.59 / 0.18 without them, 0.37 / 0.41 with 10 passes, 8-10x slower); raise
-        it with a GPU or pretrained ``image_weights``; ``image_batch_size`` patches per self-supervised step;
+        taught invariances that discarded the stain (HER2ST A1 with its image, seeds 0-2,
+        measured before the coherent-feature selection below: ARI 0.52 / 0.59 / 0.18 without
+        them, 0.37 / 0.41 with 10 passes, 8-10x slower); raise it with a GPU or pretrained
+        ``image_weights``; ``image_batch_size`` patches per self-supervised step;
         ``freeze_image_after_warmup`` caches the ResNet features
         after stage 1 so later stages do not run the CNN; ``aug_*`` strengths of the view
         augmentations (colour jitter kept small: stain differences are part of what tells
@@ -62,7 +63,9 @@ class SencaConfig:
         agreement of two augmented views of each patch; ``w_contrast`` cross-modal
         InfoNCE (off by default: on HER2ST A1, whose image features carry little of the
         expression's structure, aligning the gene stream to them at weight 0.02 cut the ARI
-        from about 0.33 to 0.16; raise it when the image is known to be informative) at temperature ``temperature`` with ``n_negatives`` sampled negatives and
+        from about 0.33 to 0.16, measured before the coherent-feature selection; raise it
+        when the image is known to be informative) at temperature ``temperature`` with
+        ``n_negatives`` sampled negatives and
         spatial neighbours as extra positives of relative weight ``neighbour_positive_weight``;
         ``w_dec`` DEC-style region loss (Student-t with ``dec_alpha``; sharpened targets
         divided by cluster size to the power ``dec_balance``, 1 = DEC; targets refreshed
