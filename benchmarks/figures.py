@@ -1,14 +1,14 @@
 """Figures like the paper's: a grid of region maps and the ablation grid on A1 (Figure 4 analogue).
 
 Predicted regions are coloured by the reference label they are matched to (Hungarian matching
-on the scored spots, :func:`match_to_truth`), so that colours compare
+on the scored spots, :func:`senca.evaluation.match_regions`), so that colours compare
 across methods; a region matched to no label is drawn in a shade of grey-brown.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +20,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from scipy.optimize import linear_sum_assignment  # noqa: E402
-
 from benchmarks.protocol import IGNORE  # noqa: E402
+from senca.evaluation import match_regions  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -73,28 +72,6 @@ class SectionMaps:
     group: str = ""
 
 
-def match_to_truth(truth: Iterable, pred: Iterable, ignore: Iterable[str] = IGNORE) -> dict[str, str | None]:
-    """Map each predicted region to the reference label it overlaps most, one to one.
-
-    Hungarian matching (:func:`scipy.optimize.linear_sum_assignment`) on the contingency
-    table of the scored spots, so that region maps of different methods share colours.
-
-    Returns
-    -------
-    ``{predicted region: reference label}``; a region left unmatched (more regions than
-    labels) maps to ``None``.
-    """
-    truth = pd.Series(np.asarray(list(truth), dtype=object))
-    pred = pd.Series(np.asarray(list(pred), dtype=object)).astype(str)
-    keep = truth.notna() & ~truth.astype(str).isin(set(ignore))
-    table = pd.crosstab(pred[keep], truth[keep].astype(str))
-    rows, cols = linear_sum_assignment(table.to_numpy(), maximize=True)
-    mapping: dict[str, str | None] = {region: None for region in pred.unique()}
-    mapping.update({table.index[r]: table.columns[c] for r, c in zip(rows, cols, strict=True)})
-    return mapping
-
-
-
 def label_colours(labels: Sequence[str]) -> dict[str, str]:
     """Colour of each reference label (fixed for known classes, a fallback cycle otherwise)."""
     out, spare = {}, iter(FALLBACK * (len(labels) // len(FALLBACK) + 1))
@@ -110,7 +87,7 @@ def region_colours(truth: pd.Series, regions: pd.Series, colours: dict[str, str]
     """Colour per spot of ``regions`` (aligned to ``truth``): the colour of its matched label."""
     regions = regions.reindex(truth.index)
     present = regions.notna().to_numpy()
-    mapping = match_to_truth(truth[present], regions[present])
+    mapping = match_regions(truth[present], regions[present], IGNORE)
     unmatched = iter(UNMATCHED * (len(mapping) // len(UNMATCHED) + 1))
     by_region = {region: colours[label] if label is not None else next(unmatched)
                  for region, label in sorted(mapping.items())}

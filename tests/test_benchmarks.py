@@ -17,7 +17,7 @@ from conftest import HER2ST, require  # noqa: E402
 from senca.errors import SencaInputError  # noqa: E402
 
 from benchmarks import protocol  # noqa: E402
-from benchmarks.figures import SectionMaps, draw_grid, label_colours, match_to_truth, region_colours  # noqa: E402
+from benchmarks.figures import SectionMaps, draw_grid, label_colours, region_colours  # noqa: E402
 from benchmarks.methods import METHODS, ablation_changes, senca_settings  # noqa: E402
 from benchmarks.run import fingerprint  # noqa: E402
 from benchmarks.report import (  # noqa: E402
@@ -80,16 +80,6 @@ def test_wilcoxon_pairs_sections_and_handles_degenerate_cases():
     assert math.isnan(tests["same"].p_value) and "zero" in tests["same"].note
     assert tests["few"].losses == 2 and "only 2" in tests["few"].note
     assert tests["none"].sections == [] and "no section" in tests["none"].note
-
-
-def test_match_to_truth_is_one_to_one_and_ignores_undetermined():
-    truth = ["tumour"] * 4 + ["stroma"] * 4 + ["undetermined"] * 3
-    pred = ["7"] * 4 + ["3"] * 3 + ["9"] + ["9"] * 3
-    mapping = match_to_truth(truth, pred)
-    assert mapping == {"7": "tumour", "3": "stroma", "9": None}
-    # undetermined spots carry no weight: region 9 would otherwise win them
-    mapping = match_to_truth(["a", "b", "undetermined", "undetermined"], ["1", "2", "2", "2"])
-    assert mapping == {"1": "a", "2": "b"}
 
 
 def test_region_colours_follow_the_matched_label():

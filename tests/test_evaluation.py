@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from senca.errors import SencaInputError
-from senca.evaluation import ari_nmi, markers, n_clusters_from_labels, score
+from senca.evaluation import ari_nmi, markers, match_regions, n_clusters_from_labels, score
 from senca.evaluation.markers import MARKER_COLUMNS
 
 
@@ -167,3 +167,12 @@ def test_markers_bad_input_messages():
     adata.obs["one"] = pd.Categorical(["0"] * adata.n_obs)
     with pytest.raises(SencaInputError, match=r"has 1 region\(s\).*expected at least 2 regions"):
         markers(adata, groupby="one")
+
+
+def test_match_regions_is_one_to_one_and_ignores_undetermined():
+    truth = ["tumour"] * 4 + ["stroma"] * 4 + ["undetermined"] * 3
+    pred = [7] * 4 + [3] * 3 + [9] + [9] * 3
+    assert match_regions(truth, pred) == {"7": "tumour", "3": "stroma", "9": None}
+    # undetermined spots carry no weight: region 2 would otherwise outweigh region 1 for "a"
+    assert match_regions(["a", "b", "undetermined", "undetermined"], ["1", "2", "2", "2"]) == {"1": "a", "2": "b"}
+    assert match_regions([None, "undetermined"], ["1", "2"]) == {"1": None, "2": None}

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from senca.errors import SencaInputError
@@ -165,3 +166,35 @@ def n_clusters_from_labels(
             f"ignore={sorted(_ignore_set(ignore))}; expected at least one labelled spot"
         )
     return int(lab[keep].astype(str).nunique())
+
+
+def match_regions(
+    labels: Iterable, regions: Iterable, ignore: Iterable[str] | str | None = DEFAULT_IGNORE
+) -> dict[str, str | None]:
+    """Map each region to the reference label it overlaps most, one to one.
+
+    Hungarian matching (:func:`scipy.optimize.linear_sum_assignment`) on the contingency table
+    of the labelled spots (label present and not in ``ignore``), so that region maps can share
+    the colours of the labels.
+
+    Parameters
+    ----------
+    labels, regions
+        One entry per spot.
+    ignore
+        Labels left out of the matching.
+
+    Returns
+    -------
+    ``{region: label}`` for every region (as strings); a region left unmatched (more regions
+    than labels, or no labelled spot) maps to ``None``.
+    """
+    lab = pd.Series(np.asarray(list(labels), dtype=object))
+    reg = pd.Series(np.asarray(list(regions), dtype=object)).astype(str)
+    keep = _scored_mask(lab, ignore)
+    mapping: dict[str, str | None] = {region: None for region in reg.unique()}
+    if keep.any():
+        table = pd.crosstab(reg[keep], lab[keep].astype(str))
+        rows, cols = linear_sum_assignment(table.to_numpy(), maximize=True)
+        mapping.update({table.index[r]: table.columns[c] for r, c in zip(rows, cols, strict=True)})
+    return mapping

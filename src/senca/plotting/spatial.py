@@ -53,10 +53,55 @@ def _spot_size_points(ax, diameter_data: float) -> float:
     return max(points, 1.0) ** 2
 
 
-def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, palette: dict[str, str] | None = None) -> dict[str, str]:
+def _categories(values: pd.Series) -> list[str]:
+    return [str(c) for c in (values.cat.categories if hasattr(values, "cat") else sorted(values.dropna().unique()))]
+
+
+def matched_palette(regions: pd.Series, labels: pd.Series, label_palette: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Colours of the regions that follow the reference labels: each region takes the colour of
+    the label it is matched to (:func:`senca.evaluation.match_regions`); the others take colours
+    no label uses.
+
+    Returns
+    -------
+    ``(palette, names)``: colour and legend name (``"3 ≈ stroma"``) of every region.
+    """
+    from senca.evaluation import match_regions
+
+    mapping = match_regions(labels.astype(object), regions.astype(object))
+    spare = iter(c for c in region_palette([str(i) for i in range(len(label_palette) + len(mapping))]).values()
+                 if c not in label_palette.values())
+    palette, names = {}, {}
+    for region in _categories(regions):
+        label = mapping.get(region)
+        palette[region] = label_palette[label] if label is not None else next(spare)
+        names[region] = f"{region} \u2248 {label}" if label is not None else region
+    return palette, names
+
+
+def _has_labels(adata: ad.AnnData, label_key: str | None) -> bool:
+    return bool(label_key) and label_key in adata.obs and adata.obs[label_key].notna().any()
+
+
+def region_styles(adata: ad.AnnData, key: str, label_key: str | None = "label") -> tuple[dict[str, str], dict[str, str]]:
+    """Colour and legend name of every value of ``obs[key]``, the same in every figure.
+
+    With reference labels in ``obs[label_key]``: :func:`matched_palette`; otherwise
+    :func:`region_palette` and the plain names.
+    """
+    if _has_labels(adata, label_key):
+        label_palette = region_palette(_categories(adata.obs[label_key]))
+        return matched_palette(adata.obs[key], adata.obs[label_key], label_palette)
+    categories = _categories(adata.obs[key])
+    return region_palette(categories), {c: c for c in categories}
+
+
+def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, palette: dict[str, str] | None = None,
+                     names: dict[str, str] | None = None) -> dict[str, str]:
     values = adata.obs[key]
-    categories = [str(c) for c in (values.cat.categories if hasattr(values, "cat") else sorted(values.dropna().unique()))]
+    categories = _categories(values)
     palette = palette or region_palette(categories)
+    names = names or {}
     image, scale, diameter = _image_and_extent(adata)
     xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
     if diameter <= 0:
@@ -79,7 +124,7 @@ def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, palette: dict[
                        alpha=0.75 if image is not None else 1.0, linewidths=0.3, edgecolors="white")
     counts = pd.Series(labels).value_counts()
     handles = [Line2D([], [], marker="o", linestyle="", markersize=9, markerfacecolor=palette[c],
-                      markeredgecolor="white", label=f"{c} ({counts.get(c, 0)})") for c in categories]
+                      markeredgecolor="white", label=f"{names.get(c, c)} ({counts.get(c, 0)})") for c in categories]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9, title=key)
     ax.set_title(title, fontsize=11)
     ax.set_xticks([])
@@ -96,6 +141,10 @@ def regions(
     title: str | None = None,
 ) -> Figure:
     """Regions drawn as spots over the H&E image, with a legend (region and spot count).
+
+    Beside reference labels, each region is drawn in the colour of the label it overlaps most
+    (one to one, :func:`matched_palette`) and its legend names that label, so the two panels
+    compare at a glance.
 
     Parameters
     ----------
@@ -116,30 +165,41 @@ def regions(
     if key not in adata.obs:
         raise SencaInputError(f"AnnData: obs[{key!r}] is missing; expected region labels to plot")
     panels = [(key, "senca regions")]
-    if label_key and label_key in adata.obs and adata.obs[label_key].notna().any():
+    if _has_labels(adata, label_key):
         panels.insert(0, (label_key, "reference labels"))
     has_image = _image_and_extent(adata)[0] is not None
     fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), 5.6), squeeze=False, layout="constrained")
-    for ax, (column, panel_title) in zip(axes[0], panels):
-        _draw_categories(ax, adata, column, panel_title + ("" if has_image else " (no H&E image)"))
+    suffix = "" if has_image else " (no H&E image)"
+    if len(panels) == 2:
+        _draw_categories(axes[0, 0], adata, label_key, panels[0][1] + suffix)
+    _draw_categories(axes[0, -1], adata, key, panels[-1][1] + suffix, *region_styles(adata, key, label_key))
     if title:
         fig.suptitle(title, fontsize=13)
     return fig
 
 
-def embedding(adata: ad.AnnData, basis: str = "X_umap", key: str = "senca_region", title: str | None = None) -> Figure:
-    """Scatter of a 2-D embedding (e.g. UMAP of ``X_senca``) coloured by ``obs[key]``."""
+def embedding(
+    adata: ad.AnnData,
+    basis: str = "X_umap",
+    key: str = "senca_region",
+    title: str | None = None,
+    label_key: str | None = "label",
+) -> Figure:
+    """Scatter of a 2-D embedding (e.g. UMAP of ``X_senca``) coloured by ``obs[key]``.
+
+    Colours and legend names are those of :func:`regions` (:func:`region_styles`).
+    """
     if basis not in adata.obsm:
         raise SencaInputError(f"AnnData: obsm[{basis!r}] is missing; expected a 2-D embedding")
     values = adata.obs[key].astype("string").fillna("(none)")
-    categories = [str(c) for c in adata.obs[key].cat.categories] if hasattr(adata.obs[key], "cat") else sorted(values.unique())
-    palette = region_palette(categories)
+    categories = _categories(adata.obs[key])
+    palette, names = region_styles(adata, key, label_key)
     xy = np.asarray(adata.obsm[basis])[:, :2]
     fig, ax = plt.subplots(figsize=(6.5, 5.2))
     size = max(4.0, min(40.0, 12000.0 / max(adata.n_obs, 1)))
     for category in categories:
         mask = (values == category).to_numpy()
-        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette[category], label=f"{category} ({mask.sum()})", linewidths=0)
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette[category], label=f"{names[category]} ({mask.sum()})", linewidths=0)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9, markerscale=2.0 / np.sqrt(size) * 3, title=key)
     ax.set_xlabel(f"{basis.removeprefix('X_').upper()} 1")
     ax.set_ylabel(f"{basis.removeprefix('X_').upper()} 2")
