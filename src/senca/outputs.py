@@ -40,9 +40,12 @@ def _region_table(adata: ad.AnnData) -> pd.DataFrame:
     table = obs.groupby(REGION_KEY, observed=True).agg(
         spots=(REGION_KEY, "size"), mean_confidence=(f"{REGION_KEY}_confidence", "mean")).reset_index()
     if LABEL_KEY in obs and obs[LABEL_KEY].notna().any():
-        majority = obs.groupby(REGION_KEY, observed=True)[LABEL_KEY].agg(
-            lambda s: s.value_counts().index[0] if s.notna().any() else "")
-        table["most common reference label"] = table[REGION_KEY].map(majority)
+        # Plain strings: mapping a categorical column through a categorical Series pairs codes, not names.
+        majority = {
+            str(region): (str(labels.value_counts().index[0]) if labels.notna().any() else "")
+            for region, labels in obs.groupby(REGION_KEY, observed=True)[LABEL_KEY]
+        }
+        table["most common reference label"] = table[REGION_KEY].astype(str).map(majority)
     return table.rename(columns={REGION_KEY: "region"})
 
 
