@@ -21,9 +21,15 @@ logger = logging.getLogger(__name__)
 _IGNORED_LABELS = ("undetermined",)
 
 
+# tab10 without its grey (kept for 'undetermined'), purple and pink last: spots in those hues
+# vanish into haematoxylin and eosin when drawn over the H&E image.
+_TAB10_ORDER = (0, 1, 2, 3, 9, 8, 5, 4, 6)
+
+
 def region_palette(categories: list[str]) -> dict[str, str]:
-    """Distinct, colour-blind-friendlier colours for up to 20 regions (grey for 'undetermined')."""
-    base = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20b").colors)
+    """Distinct, colour-blind-friendlier colours for up to 25 regions (grey for 'undetermined')."""
+    tab10 = plt.get_cmap("tab10").colors
+    base = [tab10[i] for i in _TAB10_ORDER] + list(plt.get_cmap("tab20b").colors)
     palette = {}
     colours = iter(base)
     for category in categories:
@@ -32,7 +38,7 @@ def region_palette(categories: list[str]) -> dict[str, str]:
 
 
 def _image_and_extent(adata: ad.AnnData):
-    """The section image, the scale to it, and the crop window around the spots (in image px)."""
+    """The section image, the scale to it and the spot diameter in image pixels."""
     for library in adata.uns.get("spatial", {}).values():
         images, scalefactors = library.get("images", {}), library.get("scalefactors", {})
         for resolution in ("hires", "lowres"):
@@ -42,6 +48,19 @@ def _image_and_extent(adata: ad.AnnData):
                 diameter = float(scalefactors.get("spot_diameter_fullres", 0.0)) * scale
                 return image, scale, diameter
     return None, 1.0, 0.0
+
+
+def _layout(adata: ad.AnnData):
+    """Image, spot centres and diameter in image pixels, and the crop window around the spots."""
+    image, scale, diameter = _image_and_extent(adata)
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
+    if diameter <= 0:
+        from senca.graph import spot_spacing
+        diameter = 0.8 * spot_spacing(xy)
+    margin = 1.5 * diameter
+    x0, y0 = xy.min(axis=0) - margin
+    x1, y1 = xy.max(axis=0) + margin
+    return image, xy, diameter, (x0, x1, y0, y1)
 
 
 def _spot_size_points(ax, diameter_data: float) -> float:
@@ -102,14 +121,7 @@ def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, palette: dict[
     categories = _categories(values)
     palette = palette or region_palette(categories)
     names = names or {}
-    image, scale, diameter = _image_and_extent(adata)
-    xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
-    if diameter <= 0:
-        from senca.graph import spot_spacing
-        diameter = 0.8 * spot_spacing(xy)
-    margin = 1.5 * diameter
-    x0, y0 = xy.min(axis=0) - margin
-    x1, y1 = xy.max(axis=0) + margin
+    image, xy, diameter, (x0, x1, y0, y1) = _layout(adata)
     if image is not None:
         ax.imshow(image, interpolation="lanczos")
     ax.set_xlim(x0, x1)
@@ -121,7 +133,7 @@ def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, palette: dict[
         mask = labels == category
         if mask.any():
             ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette.get(category, "#ffffff"),
-                       alpha=0.75 if image is not None else 1.0, linewidths=0.3, edgecolors="white")
+                       alpha=0.85 if image is not None else 1.0, linewidths=0.6, edgecolors="white")
     counts = pd.Series(labels).value_counts()
     handles = [Line2D([], [], marker="o", linestyle="", markersize=9, markerfacecolor=palette[c],
                       markeredgecolor="white", label=f"{names.get(c, c)} ({counts.get(c, 0)})") for c in categories]
@@ -168,7 +180,11 @@ def regions(
     if _has_labels(adata, label_key):
         panels.insert(0, (label_key, "reference labels"))
     has_image = _image_and_extent(adata)[0] is not None
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), 5.6), squeeze=False, layout="constrained")
+    # Panel height follows the section's shape, so a wide section leaves no band of white.
+    x0, x1, y0, y1 = _layout(adata)[3]
+    map_width = 4.5  # inches; the legend takes the rest of the 6.8 inch panel
+    height = float(np.clip(map_width * (y1 - y0) / max(x1 - x0, 1e-9), 2.5, 8.0)) + (1.2 if title else 0.7)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), height), squeeze=False, layout="constrained")
     suffix = "" if has_image else " (no H&E image)"
     if len(panels) == 2:
         _draw_categories(axes[0, 0], adata, label_key, panels[0][1] + suffix)
