@@ -3,10 +3,12 @@
 Stage 1 ``warmup``  : ST branch reconstructs its input from ``h_g``; the ResNet learns from two
                       augmented views of every patch (then, by default, its features are cached
                       and frozen).
-Stage 2 ``shared``  : shared cross-attention encoder; reconstruction from ``z_g``, from ``z_i``
-                      (same decoder: one shared space) and from the fused embedding, and the
-                      cross-modal InfoNCE (neighbours as positives) at weight ``w_contrast``
-                      (off by default); ``z_i`` terms need an image.
+Stage 2 ``shared``  : shared cross-attention encoder; reconstruction of the expression from
+                      ``z_g``, from ``z_i`` (same decoder: one shared space) and from the fused
+                      embedding, reconstruction of the (spatially coherent) image features from
+                      the fused embedding, and the cross-modal InfoNCE (neighbours as
+                      positives) at weight ``w_contrast`` (off by default); image terms need an
+                      image.
 Stage 3 ``regions`` : stage-2 losses + DEC KL to a sharpened soft assignment over k centres
                       initialised by a GMM / k-means on the embedding.
 
@@ -350,13 +352,13 @@ class StagedTrainer:
         self.module.to(self.device).train()
         bar = tqdm(total=sum(e for _, e in plan), desc="SENCA", disable=not self.progress_bar)
         image_epochs = 0
-        image_selected = False
+        image_prepared = False
         for stage, epochs in plan:
             if stage != "warmup" and self._resnet_trainable and cfg.freeze_image_after_warmup:
                 self._freeze_image()
-            if stage != "warmup" and self.module.has_image and not image_selected:
+            if stage != "warmup" and self.module.has_image and not image_prepared:
                 self._prepare_image_stream()
-                image_selected = True
+                image_prepared = True
             if stage == "regions":
                 self._init_regions()
             rows = []
@@ -386,7 +388,7 @@ class StagedTrainer:
         bar.close()
         if self._resnet_trainable and cfg.freeze_image_after_warmup:
             self._freeze_image()
-        if self.module.has_image and not image_selected:  # e.g. the image branch trained alone
+        if self.module.has_image and not image_prepared:  # e.g. the image branch trained alone
             self._prepare_image_stream()
         self.module.eval()
         return history
