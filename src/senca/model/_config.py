@@ -34,10 +34,10 @@ class SencaConfig:
         view-agreement loss over all patches (the first epochs of stage 1). 0 by default:
         the texture statistics of the randomly initialised ResNet (BatchNorm re-estimated on
         the section) already describe stain and texture, and the few passes a CPU affords
-        taught invariances that discarded the stain (HER2ST A1 with its image, seeds 0-2,
-        measured before the coherent-feature selection below: ARI 0.52 / 0.59 / 0.18 without
-        them, 0.37 / 0.41 with 10 passes, 8-10x slower); raise it with a GPU or pretrained
-        ``image_weights``; ``image_batch_size`` patches per self-supervised step;
+        add little for their cost (HER2ST A1 with its image, seeds 0-2: ARI 0.45 / 0.51 / 0.65
+        in 20 s without them, 0.65 / 0.50 / 0.51 in 100 s and 400 MB more with 10 passes);
+        raise it with a GPU or pretrained ``image_weights``; ``image_batch_size`` patches per
+        self-supervised step;
         ``freeze_image_after_warmup`` caches the ResNet features
         after stage 1 so later stages do not run the CNN; ``aug_*`` strengths of the view
         augmentations (colour jitter kept small: stain differences are part of what tells
