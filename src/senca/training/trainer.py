@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
-from torch_geometric.utils import add_remaining_self_loops, scatter
+from torch_geometric.utils import add_remaining_self_loops, scatter, to_scipy_sparse_matrix
 from tqdm.auto import tqdm
 
 from senca.graph.autocorrelation import coherent_features
@@ -265,9 +264,7 @@ class StagedTrainer:
         cfg = self.config
         features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
         if cfg.coherence_z is not None:
-            n = self.data.n_obs
-            ei = self.data.edge_index.numpy()
-            graph = sp.csr_matrix((np.ones(ei.shape[1]), (ei[1], ei[0])), shape=(n, n))
+            graph = to_scipy_sparse_matrix(self.data.edge_index, num_nodes=self.data.n_obs)
             keep = torch.from_numpy(coherent_features(features.numpy(), graph, cfg.coherence_z))
             mask = torch.zeros_like(self.module.image_keep)
             mask[keep.to(mask.device)] = 1.0
