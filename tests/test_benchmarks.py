@@ -251,7 +251,8 @@ def test_image_only_regions_cluster_the_image_features_of_the_full_model():
     settings.image = dataclasses.replace(settings.image, patch_px=16)
     settings.model = settings.model.replace(epochs_warmup=1, epochs_image=1, epochs_shared=1, epochs_regions=0,
                                             hidden_dim=32, latent_dim=8, image_batch_size=100)
-    settings.clustering = dataclasses.replace(settings.clustering, k=3)
+    # One restart: the property is per training run (restarts combine such runs alike).
+    settings.clustering = dataclasses.replace(settings.clustering, k=3, restarts=1)
     regions = image_only_regions(adata.copy(), settings)
     assert regions.index.isin(adata.obs_names).all() and regions.nunique() <= 3
 
@@ -265,3 +266,31 @@ def test_image_only_regions_cluster_the_image_features_of_the_full_model():
                           obsm={"spatial": adata.obsm["spatial"]})
     with pytest.raises(SencaInputError, match="no H&E image"):
         image_only_regions(no_image, settings)
+
+
+def test_run_section_combines_restarts_into_one_consensus():
+    import dataclasses
+
+    from senca.errors import SencaInputError
+    from senca.pipeline import run_section
+    from senca.settings import RunSettings
+    from senca.simulation import simulate_tissue
+
+    adata = simulate_tissue(n_spots=200, n_genes=400, seed=0)
+    settings = RunSettings()
+    settings.preprocessing = dataclasses.replace(settings.preprocessing, n_top_genes=200, n_comps=10)
+    settings.model = settings.model.replace(epochs_warmup=2, epochs_shared=3, epochs_regions=2, hidden_dim=32,
+                                            latent_dim=8, use_image=False)
+    settings.clustering = dataclasses.replace(settings.clustering, k=3, restarts=3)
+    result = run_section(adata.copy(), settings, progress=False)
+    assert result.metrics["restarts"] == 3 and -1 <= result.metrics["restart_agreement"] <= 1
+    assert np.array_equal(result.adata.obsm["X_senca"], result.model.get_latent_representation())
+    assert result.model.config.seed in (0, 1000, 2000)
+    confidence = result.adata.obs["senca_region_confidence"]
+    assert confidence.between(0, 1).all() and result.adata.obs["senca_region"].nunique() <= 3
+    single = run_section(adata.copy(), dataclasses.replace(settings, clustering=dataclasses.replace(
+        settings.clustering, restarts=1)), progress=False)
+    assert single.metrics["restarts"] == 1 and single.metrics["restart_agreement"] is None
+    with pytest.raises(SencaInputError, match="restarts"):
+        run_section(adata.copy(), dataclasses.replace(settings, clustering=dataclasses.replace(
+            settings.clustering, restarts=0)), progress=False)

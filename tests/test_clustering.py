@@ -16,6 +16,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from senca.clustering import (
     cluster,
+    consensus_labels,
     fit_gmm,
     fit_kmeans,
     fit_leiden,
@@ -379,3 +380,23 @@ def test_dlpfc_pca_gmm_with_refinement_finds_layers():
     assert plain["ari"] > 0.3
     assert refined["ari"] > plain["ari"]
     assert refined["n_scored"] == adata.obs["label"].notna().sum()
+
+
+def test_consensus_aligns_region_names_and_takes_the_majority():
+    truth = np.repeat(["a", "b", "c"], 10)
+    renamed = np.repeat(["2", "0", "1"], 10)  # the same partition under other names
+    noisy = renamed.copy()
+    noisy[:4] = "1"  # four spots of the first region go astray in one clustering only
+    shuffled = np.repeat(["x", "y", "z"], 10)
+    shuffled[25:] = "x"
+    labels, confidence, reference = consensus_labels([noisy, renamed, shuffled])
+    assert reference == 1  # agrees best with the others
+    assert adjusted_rand_score(labels, truth) == 1.0 and set(labels) == {"0", "1", "2"}
+    assert confidence[:4].tolist() == pytest.approx([2 / 3] * 4)  # two of three agree
+    assert confidence[10:20].tolist() == pytest.approx([1.0] * 10)
+    # A tie keeps the reference's region; given confidences are averaged where runs agree.
+    labels, confidence, _ = consensus_labels([np.array(["0", "1"]), np.array(["0", "0"])],
+                                             [np.array([0.9, 0.8]), np.array([0.5, 0.6])])
+    assert confidence[0] == pytest.approx(0.7)
+    with pytest.raises(SencaInputError, match="same length"):
+        consensus_labels([np.array(["0"]), np.array(["0", "1"])])

@@ -15,9 +15,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score
 
 from senca import io
-from senca.clustering import cluster
+from senca.clustering import cluster, consensus_labels
 from senca.errors import SencaInputError
 from senca.evaluation import n_clusters_from_labels, score
 from senca.graph import spatial_graph
@@ -30,6 +31,26 @@ logger = logging.getLogger(__name__)
 
 LABEL_KEY = "label"
 REGION_KEY = "senca_region"
+# Seed of restart r: seed + r * step, so restarts of seeds 0, 1, 2 never share a seed.
+_RESTART_SEED_STEP = 1000
+
+
+def restart_seeds(settings: RunSettings) -> list[int]:
+    """Seeds of the training restarts: ``seed + r * 1000`` for ``r < settings.clustering.restarts``."""
+    restarts = settings.clustering.restarts
+    if not isinstance(restarts, int) or restarts < 1:
+        raise SencaInputError(f"clustering.restarts={restarts!r}: expected an integer >= 1")
+    return [settings.seed + _RESTART_SEED_STEP * r for r in range(restarts)]
+
+
+def _region_order(name: str) -> tuple[int, str]:
+    return (int(name), name) if name.isdigit() else (1 << 30, name)
+
+
+def _mean_pairwise_ari(labelings: list[np.ndarray]) -> float | None:
+    """Agreement of the restarts' regions (mean ARI over pairs); ``None`` for one restart."""
+    pairs = [(a, b) for i, a in enumerate(labelings) for b in labelings[i + 1:]]
+    return round(float(np.mean([adjusted_rand_score(a, b) for a, b in pairs])), 4) if pairs else None
 
 
 @dataclass
@@ -111,7 +132,11 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
     -------
     The preprocessed section with ``obsm["X_senca"]``, ``obs["senca_region"]``,
     ``obs["senca_region_confidence"]``, the trained model and metrics (ARI/NMI when labels exist,
-    seconds per step, peak memory).
+    seconds per step, peak memory, agreement of the restarts). With
+    ``settings.clustering.restarts`` > 1 the regions are the consensus of the restarts
+    (:func:`senca.clustering.consensus_labels`; confidence: the restarts' confidences where
+    they agree with it, averaged); embedding and model are those of the restart that agrees
+    best with the others.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -132,17 +157,28 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
 
     k = _n_regions(adata, settings)
     config = config.replace(n_clusters=k)
-
-    step = time.perf_counter()
-    model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=settings.device)
-    model.train(progress_bar=progress)
-    adata.obsm["X_senca"] = model.get_latent_representation()
-    timings["train_s"] = time.perf_counter() - step
-
-    step = time.perf_counter()
-    cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=k,
-            refine=settings.clustering.refine, seed=settings.seed, key_added=REGION_KEY)
-    timings["cluster_s"] = time.perf_counter() - step
+    # Regions of one training run depend on its random start (on small sections ARI varied
+    # from 0.01 to 0.52 between seeds); the consensus of restarts is steadier.
+    runs = []
+    timings["train_s"] = timings["cluster_s"] = 0.0
+    for seed in restart_seeds(settings):
+        step = time.perf_counter()
+        model = SENCA(adata, config=config.replace(seed=seed), patches=patches, image_features=image_features,
+                      device=settings.device)
+        model.train(progress_bar=progress)
+        embedding = model.get_latent_representation()
+        timings["train_s"] += time.perf_counter() - step
+        step = time.perf_counter()
+        adata.obsm["X_senca"] = embedding
+        cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=k,
+                refine=settings.clustering.refine, seed=seed, key_added=REGION_KEY)
+        runs.append((model, embedding, adata.obs[REGION_KEY].astype(str).to_numpy(),
+                     adata.obs[f"{REGION_KEY}_confidence"].to_numpy()))
+        timings["cluster_s"] += time.perf_counter() - step
+    labels, confidence, reference = consensus_labels([r[2] for r in runs], [r[3] for r in runs])
+    model, adata.obsm["X_senca"] = runs[reference][0], runs[reference][1]
+    adata.obs[REGION_KEY] = pd.Categorical(labels, categories=sorted(set(labels), key=_region_order))
+    adata.obs[f"{REGION_KEY}_confidence"] = confidence
     timings["total_s"] = time.perf_counter() - start
 
     metrics: dict = {
@@ -150,6 +186,8 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         "n_genes": int(adata.n_vars),
         "n_regions": int(adata.obs[REGION_KEY].nunique()),
         "image": "features" if image_features is not None else ("patches" if patches is not None else "none"),
+        "restarts": len(runs),
+        "restart_agreement": _mean_pairwise_ari([r[2] for r in runs]),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -166,7 +204,8 @@ def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 
     end stage 1. With the same settings and seed its features are exactly those the full model
     fuses (:meth:`senca.model.SENCA.get_image_features`); the rest of the warm-up trains the
     gene branch only and is skipped. They are reduced by PCA and
-    clustered with the clustering of ``settings`` (method, k, spatial refinement). Precomputed
+    clustered with the clustering of ``settings`` (method, k, spatial refinement), and the
+    regions of the restarts (``settings.clustering.restarts``) combined as in :func:`run_section`. Precomputed
     image features (``settings.image.features``) are clustered as they are (standardised).
 
     Parameters
@@ -199,14 +238,18 @@ def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 
         patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px,
                                   show_progress=progress)
     model_settings = settings.model
-    config = model_settings.replace(seed=settings.seed, use_image=True, epochs_warmup=model_settings.epochs_image,
-                                    epochs_shared=0, epochs_regions=0)
-    model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=settings.device)
-    if patches is not None:  # precomputed features need no training
-        model.train(progress_bar=progress)
-    features = model.get_image_features()
-    n_comps = min(n_comps, features.shape[1], features.shape[0] - 1)
-    adata.obsm["X_image"] = PCA(n_comps, random_state=settings.seed).fit_transform(features)
-    cluster(adata, use_rep="X_image", method=settings.clustering.method, n_clusters=_n_regions(adata, settings),
-            refine=settings.clustering.refine, seed=settings.seed, key_added="image_region")
-    return adata.obs["image_region"].rename(REGION_KEY)
+    runs = []
+    for seed in restart_seeds(settings):
+        config = model_settings.replace(seed=seed, use_image=True, epochs_warmup=model_settings.epochs_image,
+                                        epochs_shared=0, epochs_regions=0)
+        model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=settings.device)
+        if patches is not None:  # precomputed features need no training
+            model.train(progress_bar=progress)
+        features = model.get_image_features()
+        n_pcs = min(n_comps, features.shape[1], features.shape[0] - 1)
+        adata.obsm["X_image"] = PCA(n_pcs, random_state=seed).fit_transform(features)
+        cluster(adata, use_rep="X_image", method=settings.clustering.method, n_clusters=_n_regions(adata, settings),
+                refine=settings.clustering.refine, seed=seed, key_added="image_region")
+        runs.append(adata.obs["image_region"].astype(str).to_numpy())
+    labels, _, _ = consensus_labels(runs)
+    return pd.Series(labels, index=adata.obs_names, name=REGION_KEY)

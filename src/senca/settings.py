@@ -60,11 +60,20 @@ class ImageSettings:
 
 @dataclass
 class ClusterSettings:
-    """Region finding on the embedding (see :func:`senca.tl.cluster`)."""
+    """Region finding on the embedding (see :func:`senca.tl.cluster`).
+
+    ``restarts``: the model is trained this many times (seeds ``seed``, ``seed + 1000``, ...)
+    and the regions are the per-spot consensus of the restarts' regions
+    (:func:`senca.clustering.consensus_labels`). It steadies the result, not its mean: with 3
+    restarts the spread of ARI over seeds 0-2 fell from 0.10 to 0.006 on HER2ST A1 and from
+    0.042 to 0.016 on DLPFC 151510, while the HER2ST mean went from 0.268 to 0.254 (within the
+    spread) at three times the run time; hence 1 by default.
+    """
 
     method: str = "gmm"
     k: int | None = None
     refine: bool = True
+    restarts: int = 1
 
 
 @dataclass

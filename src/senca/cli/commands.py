@@ -37,6 +37,8 @@ def _apply_common(settings: RunSettings, args: argparse.Namespace) -> None:
         settings.device = args.device
     if args.epochs is not None:
         scale_epochs(settings, args.epochs)
+    if args.restarts is not None:  # checked by run_section, as a config file's value is
+        settings.clustering = dataclasses.replace(settings.clustering, restarts=args.restarts)
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:

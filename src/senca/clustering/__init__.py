@@ -3,10 +3,11 @@
 AnnData level: :func:`cluster` (GMM "EEE" / k-means / Leiden, optional spatial refinement),
 :func:`smooth_representation`. Array level, for code that works on embeddings directly
 (e.g. initialising cluster centres): :func:`fit_gmm`, :func:`fit_kmeans`, :func:`fit_leiden`,
-:func:`refine_labels`.
+:func:`refine_labels`, :func:`consensus_labels` (of several clusterings, e.g. restarts).
 """
 
 from senca.clustering._utils import ClusterResult
+from senca.clustering.consensus import consensus_labels
 from senca.clustering.core import cluster
 from senca.clustering.gmm import fit_gmm, scale_features
 from senca.clustering.kmeans import fit_kmeans
@@ -17,6 +18,7 @@ from senca.clustering.smooth import smooth_representation
 __all__ = [
     "ClusterResult",
     "cluster",
+    "consensus_labels",
     "fit_gmm",
     "fit_kmeans",
     "fit_leiden",

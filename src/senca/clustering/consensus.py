@@ -1,0 +1,66 @@
+"""Consensus of several clusterings of the same spots (e.g. training restarts)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
+
+from senca.errors import SencaInputError
+
+__all__ = ["consensus_labels"]
+
+
+def consensus_labels(
+    labelings: list[np.ndarray], confidences: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-spot majority vote of several clusterings, after aligning their region names.
+
+    The reference is the clustering that agrees best with the others (highest summed ARI);
+    every clustering's regions are renamed after the reference region they overlap most
+    (one to one, Hungarian matching), then each spot takes the region most clusterings give
+    it (ties: the reference's). O(spots x clusterings + regions^3): no spots x spots matrix.
+
+    Parameters
+    ----------
+    labelings
+        One label array per clustering, all over the same spots in the same order.
+    confidences
+        Optional per-spot confidence of each clustering (e.g. the GMM posterior).
+
+    Returns
+    -------
+    ``(labels, confidence, reference)``: the consensus labels (the reference's names); per
+    spot, the mean over clusterings of their confidence where they agree with the consensus
+    and 0 where they do not (the fraction that agree when ``confidences`` is ``None``); and
+    the index of the reference clustering.
+    """
+    labelings = [np.asarray(labels).astype(str) for labels in labelings]
+    if not labelings or len({len(labels) for labels in labelings}) != 1:
+        raise SencaInputError("consensus: expected one or more label arrays of the same length")
+    if confidences is None:
+        confidences = [np.ones(len(labelings[0])) for _ in labelings]
+    agreement = np.array([[adjusted_rand_score(a, b) for b in labelings] for a in labelings])
+    reference = int(np.argmax(agreement.sum(axis=1)))
+    aligned = np.vstack([_align(labels, labelings[reference]) for labels in labelings])
+    names, codes = np.unique(aligned, return_inverse=True)
+    codes = codes.reshape(aligned.shape)
+    votes = np.zeros((len(names), aligned.shape[1]))
+    np.add.at(votes, (codes, np.arange(aligned.shape[1])[None, :].repeat(len(labelings), 0)), 1)
+    reference_codes = codes[reference]
+    top = votes.max(axis=0)
+    winner = np.where(votes[reference_codes, np.arange(aligned.shape[1])] == top, reference_codes, votes.argmax(axis=0))
+    consensus = names[winner]
+    agree = aligned == consensus[None, :]
+    confidence = (agree * np.vstack([np.asarray(c, dtype=float) for c in confidences])).mean(axis=0)
+    return consensus, confidence, reference
+
+
+def _align(labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Rename ``labels`` after the reference regions they overlap most (one to one)."""
+    table = pd.crosstab(labels, reference)
+    rows, cols = linear_sum_assignment(table.to_numpy(), maximize=True)
+    mapping = {table.index[r]: table.columns[c] for r, c in zip(rows, cols, strict=True)}
+    # A region with no partner (more regions than the reference has) keeps a name of its own.
+    return np.array([mapping.get(label, f"{label} (unmatched)") for label in labels], dtype=object).astype(str)
