@@ -389,14 +389,17 @@ def test_consensus_aligns_region_names_and_takes_the_majority():
     noisy[:4] = "1"  # four spots of the first region go astray in one clustering only
     shuffled = np.repeat(["x", "y", "z"], 10)
     shuffled[25:] = "x"
-    labels, confidence, reference = consensus_labels([noisy, renamed, shuffled])
+    labels, confidence, reference, agreement = consensus_labels([noisy, renamed, shuffled])
     assert reference == 1  # agrees best with the others
+    pairs = [(noisy, renamed), (noisy, shuffled), (renamed, shuffled)]
+    assert agreement == pytest.approx(np.mean([adjusted_rand_score(a, b) for a, b in pairs]))
     assert adjusted_rand_score(labels, truth) == 1.0 and set(labels) == {"0", "1", "2"}
     assert confidence[:4].tolist() == pytest.approx([2 / 3] * 4)  # two of three agree
     assert confidence[10:20].tolist() == pytest.approx([1.0] * 10)
     # A tie keeps the reference's region; given confidences are averaged where runs agree.
-    labels, confidence, _ = consensus_labels([np.array(["0", "1"]), np.array(["0", "0"])],
-                                             [np.array([0.9, 0.8]), np.array([0.5, 0.6])])
+    labels, confidence, _, _ = consensus_labels([np.array(["0", "1"]), np.array(["0", "0"])],
+                                                [np.array([0.9, 0.8]), np.array([0.5, 0.6])])
     assert confidence[0] == pytest.approx(0.7)
+    assert consensus_labels([renamed]).agreement is None
     with pytest.raises(SencaInputError, match="same length"):
         consensus_labels([np.array(["0"]), np.array(["0", "1"])])

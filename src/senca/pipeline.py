@@ -15,7 +15,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
-from sklearn.metrics import adjusted_rand_score
 
 from senca import io
 from senca.clustering import cluster, consensus_labels
@@ -45,12 +44,6 @@ def restart_seeds(settings: RunSettings) -> list[int]:
 
 def _region_order(name: str) -> tuple[int, str]:
     return (int(name), name) if name.isdigit() else (1 << 30, name)
-
-
-def _mean_pairwise_ari(labelings: list[np.ndarray]) -> float | None:
-    """Agreement of the restarts' regions (mean ARI over pairs); ``None`` for one restart."""
-    pairs = [(a, b) for i, a in enumerate(labelings) for b in labelings[i + 1:]]
-    return round(float(np.mean([adjusted_rand_score(a, b) for a, b in pairs])), 4) if pairs else None
 
 
 @dataclass
@@ -175,10 +168,10 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         runs.append((model, embedding, adata.obs[REGION_KEY].astype(str).to_numpy(),
                      adata.obs[f"{REGION_KEY}_confidence"].to_numpy()))
         timings["cluster_s"] += time.perf_counter() - step
-    labels, confidence, reference = consensus_labels([r[2] for r in runs], [r[3] for r in runs])
-    model, adata.obsm["X_senca"] = runs[reference][0], runs[reference][1]
-    adata.obs[REGION_KEY] = pd.Categorical(labels, categories=sorted(set(labels), key=_region_order))
-    adata.obs[f"{REGION_KEY}_confidence"] = confidence
+    consensus = consensus_labels([r[2] for r in runs], [r[3] for r in runs])
+    model, adata.obsm["X_senca"] = runs[consensus.reference][0], runs[consensus.reference][1]
+    adata.obs[REGION_KEY] = pd.Categorical(consensus.labels, categories=sorted(set(consensus.labels), key=_region_order))
+    adata.obs[f"{REGION_KEY}_confidence"] = consensus.confidence
     timings["total_s"] = time.perf_counter() - start
 
     metrics: dict = {
@@ -187,7 +180,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         "n_regions": int(adata.obs[REGION_KEY].nunique()),
         "image": "features" if image_features is not None else ("patches" if patches is not None else "none"),
         "restarts": len(runs),
-        "restart_agreement": _mean_pairwise_ari([r[2] for r in runs]),
+        "restart_agreement": None if consensus.agreement is None else round(consensus.agreement, 4),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -251,5 +244,4 @@ def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 
         cluster(adata, use_rep="X_image", method=settings.clustering.method, n_clusters=_n_regions(adata, settings),
                 refine=settings.clustering.refine, seed=seed, key_added="image_region")
         runs.append(adata.obs["image_region"].astype(str).to_numpy())
-    labels, _, _ = consensus_labels(runs)
-    return pd.Series(labels, index=adata.obs_names, name=REGION_KEY)
+    return pd.Series(consensus_labels(runs).labels, index=adata.obs_names, name=REGION_KEY)

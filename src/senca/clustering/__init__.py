@@ -7,7 +7,7 @@ AnnData level: :func:`cluster` (GMM "EEE" / k-means / Leiden, optional spatial r
 """
 
 from senca.clustering._utils import ClusterResult
-from senca.clustering.consensus import consensus_labels
+from senca.clustering.consensus import Consensus, consensus_labels
 from senca.clustering.core import cluster
 from senca.clustering.gmm import fit_gmm, scale_features
 from senca.clustering.kmeans import fit_kmeans
@@ -17,6 +17,7 @@ from senca.clustering.smooth import smooth_representation
 
 __all__ = [
     "ClusterResult",
+    "Consensus",
     "cluster",
     "consensus_labels",
     "fit_gmm",

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
-import pandas as pd
-from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
 from senca.errors import SencaInputError
+from senca.evaluation import match_regions
 
-__all__ = ["consensus_labels"]
+__all__ = ["Consensus", "consensus_labels"]
 
 
-def consensus_labels(
-    labelings: list[np.ndarray], confidences: list[np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray, int]:
+class Consensus(NamedTuple):
+    """Result of :func:`consensus_labels`."""
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    reference: int
+    agreement: float | None
+
+
+def consensus_labels(labelings: list[np.ndarray], confidences: list[np.ndarray] | None = None) -> Consensus:
     """Per-spot majority vote of several clusterings, after aligning their region names.
 
     The reference is the clustering that agrees best with the others (highest summed ARI);
@@ -31,10 +39,11 @@ def consensus_labels(
 
     Returns
     -------
-    ``(labels, confidence, reference)``: the consensus labels (the reference's names); per
-    spot, the mean over clusterings of their confidence where they agree with the consensus
-    and 0 where they do not (the fraction that agree when ``confidences`` is ``None``); and
-    the index of the reference clustering.
+    :class:`Consensus`: ``labels`` (the reference's names); per spot ``confidence``, the mean
+    over clusterings of their confidence where they agree with the consensus and 0 where they
+    do not (the fraction that agree when ``confidences`` is ``None``); ``reference``, the
+    index of the reference clustering; ``agreement``, the mean ARI over pairs of clusterings
+    (``None`` for one clustering).
     """
     labelings = [np.asarray(labels).astype(str) for labels in labelings]
     if not labelings or len({len(labels) for labels in labelings}) != 1:
@@ -54,13 +63,13 @@ def consensus_labels(
     consensus = names[winner]
     agree = aligned == consensus[None, :]
     confidence = (agree * np.vstack([np.asarray(c, dtype=float) for c in confidences])).mean(axis=0)
-    return consensus, confidence, reference
+    n = len(labelings)
+    mean_pairwise = float(agreement[np.triu_indices(n, k=1)].mean()) if n > 1 else None
+    return Consensus(consensus, confidence, reference, mean_pairwise)
 
 
 def _align(labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Rename ``labels`` after the reference regions they overlap most (one to one)."""
-    table = pd.crosstab(labels, reference)
-    rows, cols = linear_sum_assignment(table.to_numpy(), maximize=True)
-    mapping = {table.index[r]: table.columns[c] for r, c in zip(rows, cols, strict=True)}
+    mapping = match_regions(reference, labels, ignore=None)
     # A region with no partner (more regions than the reference has) keeps a name of its own.
-    return np.array([mapping.get(label, f"{label} (unmatched)") for label in labels], dtype=object).astype(str)
+    return np.array([mapping[label] or f"{label} (unmatched)" for label in labels], dtype=object).astype(str)
