@@ -117,7 +117,7 @@ def fit_gmm(
     *,
     k_range: tuple[int, int] = (2, 15),
     scale: ScaleMode = "standardize",
-    n_init: int = 3,
+    n_init: int = 10,
     reg_covar: float = 1e-4,
     max_iter: int = 300,
     bic_max_spots: int | None = 20000,
@@ -137,7 +137,12 @@ def fit_gmm(
     scale
         Feature scaling before fitting, see :func:`scale_features`.
     n_init
-        EM restarts (each from a k-means initialisation); the best likelihood is kept.
+        EM restarts (each from a k-means initialisation); the best likelihood is kept. The
+        likelihood has several near-equal optima on a learned embedding: with 3 restarts,
+        the GMM's seed alone moved the ARI of one senca embedding of DLPFC 151510 between
+        0.39 and 0.54. 10 restarts find the better optimum more often (senca on 151510,
+        seeds 0-4: mean ARI 0.483 with 3, 0.520 with 10; HER2ST mean 0.275 and 0.274) for
+        about a second more on 4,600 spots.
     reg_covar
         Ridge added to the shared covariance's diagonal. With ``scale="standardize"`` or
         ``"whiten"`` it is relative to unit feature variance, so ``1e-4`` guards against
