@@ -231,6 +231,7 @@ def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 
         patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px,
                                   show_progress=progress)
     model_settings = settings.model
+    k = _n_regions(adata, settings)
     runs = []
     for seed in restart_seeds(settings):
         config = model_settings.replace(seed=seed, use_image=True, epochs_warmup=model_settings.epochs_image,
@@ -241,7 +242,7 @@ def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 
         features = model.get_image_features()
         n_pcs = min(n_comps, features.shape[1], features.shape[0] - 1)
         adata.obsm["X_image"] = PCA(n_pcs, random_state=seed).fit_transform(features)
-        cluster(adata, use_rep="X_image", method=settings.clustering.method, n_clusters=_n_regions(adata, settings),
+        cluster(adata, use_rep="X_image", method=settings.clustering.method, n_clusters=k,
                 refine=settings.clustering.refine, seed=seed, key_added="image_region")
         runs.append(adata.obs["image_region"].astype(str).to_numpy())
     return pd.Series(consensus_labels(runs).labels, index=adata.obs_names, name=REGION_KEY)

@@ -115,13 +115,14 @@ def region_styles(adata: ad.AnnData, key: str, label_key: str | None = "label") 
     return region_palette(categories), {c: c for c in categories}
 
 
-def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, palette: dict[str, str] | None = None,
+def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, layout, palette: dict[str, str] | None = None,
                      names: dict[str, str] | None = None) -> dict[str, str]:
+    """Spots of ``obs[key]`` over the image; ``layout`` is :func:`_layout` of ``adata``."""
     values = adata.obs[key]
     categories = _categories(values)
     palette = palette or region_palette(categories)
     names = names or {}
-    image, xy, diameter, (x0, x1, y0, y1) = _layout(adata)
+    image, xy, diameter, (x0, x1, y0, y1) = layout
     if image is not None:
         ax.imshow(image, interpolation="lanczos")
     ax.set_xlim(x0, x1)
@@ -179,16 +180,17 @@ def regions(
     panels = [(key, "senca regions")]
     if _has_labels(adata, label_key):
         panels.insert(0, (label_key, "reference labels"))
-    has_image = _image_and_extent(adata)[0] is not None
+    layout = _layout(adata)
+    has_image = layout[0] is not None
     # Panel height follows the section's shape, so a wide section leaves no band of white.
-    x0, x1, y0, y1 = _layout(adata)[3]
+    x0, x1, y0, y1 = layout[3]
     map_width = 4.5  # inches; the legend takes the rest of the 6.8 inch panel
     height = float(np.clip(map_width * (y1 - y0) / max(x1 - x0, 1e-9), 2.5, 8.0)) + (1.2 if title else 0.7)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), height), squeeze=False, layout="constrained")
     suffix = "" if has_image else " (no H&E image)"
     if len(panels) == 2:
-        _draw_categories(axes[0, 0], adata, label_key, panels[0][1] + suffix)
-    _draw_categories(axes[0, -1], adata, key, panels[-1][1] + suffix, *region_styles(adata, key, label_key))
+        _draw_categories(axes[0, 0], adata, label_key, panels[0][1] + suffix, layout)
+    _draw_categories(axes[0, -1], adata, key, panels[-1][1] + suffix, layout, *region_styles(adata, key, label_key))
     if title:
         fig.suptitle(title, fontsize=13)
     return fig
