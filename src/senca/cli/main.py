@@ -44,7 +44,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              "(default: the model's schedule; 60 for the demo)")
     parser.add_argument("--restarts", type=int, default=None,
                         help="train this many times from different seeds and report the consensus of their regions: "
-                             "steadier regions for N times the run time (default 1)")
+                             "steadier regions for N times the run time (default 3; 1 for a quick look)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
