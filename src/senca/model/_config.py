@@ -51,8 +51,8 @@ class SencaConfig:
         (HER2ST, transcriptomics only, seeds 0-2: mean ARI 0.225 with all PCs, 0.250 with the
         coherent ones); of the 2054 ResNet texture statistics of A1, 830-1070 pass.
         ``target_smoothing_hops``
-        times the reconstruction target is averaged over each spot's neighbourhood
-        (0: reconstruct the raw input).
+        times the expression reconstruction target is averaged over each spot's neighbourhood
+        (0: reconstruct the raw input); the image features are reconstructed as they are.
     Losses
         ``w_recon`` reconstruction of the ST input from ``z_g`` (from ``h_g`` in stage 1);
         ``w_recon_fused`` reconstruction from the fused embedding; ``w_recon_image``
