@@ -68,8 +68,9 @@ class ClusterSettings:
     (single runs of a HER2ST section moved by up to 0.5 ARI between seeds); the consensus of
     three is steadier and better on average: mean ARI of the 8 HER2ST sections over seeds 0-4,
     0.275 with one run, 0.296 with three (seeds 0-2: 0.285 / 0.292, seeds 3-4: 0.259 / 0.303);
-    DLPFC 151510, seeds 0-2: 0.521 with one run, 0.520 with three. It costs three times the
-    training time; 1 for a quick look.
+    DLPFC 151510, seeds 0-2: 0.521 with one run, 0.520 with three (both measured before the
+    image target was left unaveraged, which raised A1). It costs three times the training
+    time; 1 for a quick look.
     """
 
     method: str = "gmm"
