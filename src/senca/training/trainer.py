@@ -275,11 +275,10 @@ class StagedTrainer:
             logger.info("image input: %d of %d features are spatially coherent (Moran's I z > %g)",
                         keep.numel(), mask.numel(), cfg.coherence_z)
         self.image_columns = torch.nonzero(self.module.image_keep.cpu()).squeeze(1)
-        target = features[:, self.image_columns]
+        self.image_target = features[:, self.image_columns]
         # Normalised by the target's total variance: 1 for a constant prediction, as the
         # expression terms (unit mean square input) are, whatever the number of features.
-        self.image_target = target
-        self.image_target_scale = float(target.var(0).sum().clamp(min=1e-12))
+        self.image_target_scale = float(self.image_target.var(0).sum().clamp(min=1e-12))
 
     def _init_regions(self) -> None:
         cfg = self.config
