@@ -24,6 +24,7 @@ from benchmarks.report import (  # noqa: E402
     ReportContext,
     aggregate,
     render_markdown,
+    bootstrap_interval,
     wilcoxon_tests,
     write_results_json,
 )
@@ -80,6 +81,19 @@ def test_wilcoxon_pairs_sections_and_handles_degenerate_cases():
     assert math.isnan(tests["same"].p_value) and "zero" in tests["same"].note
     assert tests["few"].losses == 2 and "only 2" in tests["few"].note
     assert tests["none"].sections == [] and "no section" in tests["none"].note
+    # every difference is 0.4 + 0.01 i: the interval lies inside their range, around their mean
+    assert 0.4 <= worse.ci_low < worse.mean_difference < worse.ci_high <= 0.48
+    assert tests["same"].ci_low == tests["same"].ci_high == 0.0
+
+
+def test_bootstrap_interval_is_reproducible_and_narrows_with_agreement():
+    spread = np.array([-0.14, 0.04, 0.12, 0.08, 0.03, -0.02, 0.01, 0.09, 0.02])
+    low, high = bootstrap_interval(spread)
+    assert (low, high) == bootstrap_interval(spread)
+    assert low < spread.mean() < high and low < 0 < high  # one large loss: the lead may be nil
+    steady = np.full(9, spread.mean()) + np.linspace(-0.005, 0.005, 9)
+    steady_low, steady_high = bootstrap_interval(steady)
+    assert 0 < steady_low and steady_high - steady_low < (high - low) / 5
 
 
 def test_region_colours_follow_the_matched_label():
@@ -187,7 +201,7 @@ def test_report_renders_tables_tests_and_settings(tmp_path):
     assert "**HER2ST mean** | **0.200** | **0.300** (1/2) | **0.550** |" in text
     assert text.index("HER2ST mean") < text.index("| 151510 |")
     assert "spagcn**: not run — not installed" in text and "boom" in text
-    assert "| pca-gmm | only 3 section(s): p cannot fall below 0.05 | 3 | 0.350 | 3/0 | 0.2500 |" in text
+    assert "| pca-gmm | only 3 section(s): p cannot fall below 0.05 | 3 | 0.350 | 0.350 to 0.350 | 3/0 | 0.2500 |" in text
     assert "| A1 | her2st | st | yes | 5 | 341 |" in text
     assert '"lr": 0.001' in text and "![regions](regions.png)" in text
 
