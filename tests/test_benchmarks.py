@@ -282,6 +282,37 @@ def test_image_only_regions_cluster_the_image_features_of_the_full_model():
         image_only_regions(no_image, settings)
 
 
+def test_parallel_restarts_give_the_sequential_result():
+    import dataclasses
+
+    from senca.errors import SencaInputError
+    from senca.pipeline import run_section
+    from senca.settings import RunSettings
+    from senca.simulation import simulate_tissue
+
+    adata = simulate_tissue(n_spots=200, n_genes=400, seed=1)  # with its H&E image: the ResNet path
+    settings = RunSettings()
+    settings.device = "cpu"
+    settings.preprocessing = dataclasses.replace(settings.preprocessing, n_top_genes=200, n_comps=10)
+    settings.model = settings.model.replace(epochs_warmup=2, epochs_shared=3, epochs_regions=2, hidden_dim=32,
+                                            latent_dim=8)
+    settings.clustering = dataclasses.replace(settings.clustering, k=3, restarts=3)
+    sequential = run_section(adata.copy(), settings, progress=False)
+    parallel = run_section(adata.copy(), dataclasses.replace(settings, clustering=dataclasses.replace(
+        settings.clustering, restart_jobs=2)), progress=False)
+    assert sequential.metrics["image"] == parallel.metrics["image"] == "patches"
+    assert sequential.metrics["restart_jobs"] == 1 and parallel.metrics["restart_jobs"] == 2
+    assert parallel.metrics["peak_memory_restart_process_mb"] > 0
+    assert np.array_equal(sequential.adata.obsm["X_senca"], parallel.adata.obsm["X_senca"])
+    assert sequential.adata.obs["senca_region"].equals(parallel.adata.obs["senca_region"])
+    assert sequential.model.config.seed == parallel.model.config.seed
+    # the model that came back from its process embeds as it did there
+    assert np.array_equal(parallel.model.get_latent_representation(), parallel.adata.obsm["X_senca"])
+    with pytest.raises(SencaInputError, match="restart_jobs"):
+        run_section(adata.copy(), dataclasses.replace(settings, clustering=dataclasses.replace(
+            settings.clustering, restart_jobs=0)), progress=False)
+
+
 def test_run_section_combines_restarts_into_one_consensus():
     import dataclasses
 

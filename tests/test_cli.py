@@ -103,10 +103,11 @@ def test_run_her2st_a1_with_image(tmp_path):
     require(A1_IMAGE)
     out = tmp_path / "a1"
     code = main(["run", str(HER2ST), "--sample", "A1", "--image", str(A1_IMAGE), "--image-scale", str(A1_SCALE),
-                 "--out", str(out), "-q", *FAST])
+                 "--out", str(out), "-q", "--jobs", "2", *FAST])
     assert code == 0
     metrics = check_outputs(out, 346, has_labels=True)
     assert metrics["image"] == "patches" and metrics["n_regions"] == 5
+    assert metrics["restart_jobs"] == 2 and "restart_jobs = 2" in (out / "config.toml").read_text()
 
 
 @pytest.mark.slow

@@ -6,8 +6,12 @@ Shared by the command line and the benchmarks, so both run exactly the same meth
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import resource
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
+from tqdm.auto import tqdm
 
 from senca import io
 from senca.clustering import cluster, consensus_labels
@@ -23,6 +28,7 @@ from senca.evaluation import n_clusters_from_labels, score
 from senca.graph import spatial_graph
 from senca.image import extract_patches
 from senca.model import SENCA
+from senca.model._senca import _resolve_device
 from senca.preprocessing import preprocess
 from senca.settings import RunSettings
 
@@ -40,6 +46,59 @@ def restart_seeds(settings: RunSettings) -> list[int]:
     if not isinstance(restarts, int) or restarts < 1:
         raise SencaInputError(f"clustering.restarts={restarts!r}: expected an integer >= 1")
     return [settings.seed + _RESTART_SEED_STEP * r for r in range(restarts)]
+
+
+def restart_jobs(settings: RunSettings, n_restarts: int) -> int:
+    """How many restarts train at once: ``settings.clustering.restart_jobs``, 1 off the CPU."""
+    jobs = settings.clustering.restart_jobs
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise SencaInputError(f"clustering.restart_jobs={jobs!r}: expected an integer >= 1")
+    if jobs > 1 and _resolve_device(settings.device).type != "cpu":
+        logger.info("restarts train one after another on %s (restart_jobs applies to the CPU)", settings.device)
+        return 1
+    return min(jobs, n_restarts)
+
+
+def _train_in_worker(adata: ad.AnnData, config, patches, image_features, folder: str) -> np.ndarray:
+    """One restart in a child process: train, save the model to ``folder``, return the embedding."""
+    model = SENCA(adata, config=config, patches=patches, image_features=image_features, device="cpu")
+    model.train(progress_bar=False)
+    model.save(folder)
+    return model.get_latent_representation()
+
+
+def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_features, device: str, jobs: int,
+                    progress: bool) -> list[tuple[SENCA, np.ndarray]]:
+    """Train one model per seed; ``(model, embedding)`` in seed order.
+
+    With ``jobs > 1`` the restarts train in that many child processes (spawned: a forked
+    child would inherit torch's thread pools). Each restart seeds itself and runs the same
+    kernels, so the embeddings equal those of the sequential path; the models come back
+    through :meth:`SENCA.save` / :meth:`SENCA.load`. As with any spawned process, a script
+    that calls this must guard its top level with ``if __name__ == "__main__":``.
+    """
+    if jobs == 1:
+        out = []
+        for seed in seeds:
+            model = SENCA(adata, config=config.replace(seed=seed), patches=patches, image_features=image_features,
+                          device=device)
+            model.train(progress_bar=progress)
+            out.append((model, model.get_latent_representation()))
+        return out
+    with tempfile.TemporaryDirectory(prefix="senca-restarts-") as tmp, ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        folders = [str(Path(tmp) / f"restart-{seed}") for seed in seeds]
+        futures = [pool.submit(_train_in_worker, adata, config.replace(seed=seed), patches, image_features, folder)
+                   for seed, folder in zip(seeds, folders)]
+        try:
+            embeddings = [future.result() for future in tqdm(futures, desc="restarts", unit="run", disable=not progress)]
+        except BrokenProcessPool as err:
+            raise RuntimeError(f"a training restart process died ({err}); the usual cause is memory: each of the "
+                               f"{jobs} processes holds its own copy of the section, so lower restart_jobs "
+                               f"(--jobs)") from err
+        # The saved models keep the image features, so the ResNet need not run again.
+        return [(SENCA.load(folder, adata, image_features=image_features, device=device), embedding)
+                for folder, embedding in zip(folders, embeddings)]
 
 
 def _region_order(name: str) -> tuple[int, str]:
@@ -129,7 +188,8 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
     ``settings.clustering.restarts`` > 1 the regions are the consensus of the restarts
     (:func:`senca.clustering.consensus_labels`; confidence: the restarts' confidences where
     they agree with it, averaged); embedding and model are those of the restart that agrees
-    best with the others.
+    best with the others. With ``settings.clustering.restart_jobs`` > 1 (CPU) the restarts
+    train in parallel processes, with the same result (see :func:`_train_restarts`).
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -152,22 +212,20 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
     config = config.replace(n_clusters=k)
     # Regions of one training run depend on its random start (on small sections ARI varied
     # from 0.01 to 0.52 between seeds); the consensus of restarts is steadier.
+    seeds = restart_seeds(settings)
+    jobs = restart_jobs(settings, len(seeds))
+    step = time.perf_counter()
+    trained = _train_restarts(adata, config, seeds, patches, image_features, settings.device, jobs, progress)
+    timings["train_s"] = time.perf_counter() - step
+    step = time.perf_counter()
     runs = []
-    timings["train_s"] = timings["cluster_s"] = 0.0
-    for seed in restart_seeds(settings):
-        step = time.perf_counter()
-        model = SENCA(adata, config=config.replace(seed=seed), patches=patches, image_features=image_features,
-                      device=settings.device)
-        model.train(progress_bar=progress)
-        embedding = model.get_latent_representation()
-        timings["train_s"] += time.perf_counter() - step
-        step = time.perf_counter()
+    for seed, (model, embedding) in zip(seeds, trained):
         adata.obsm["X_senca"] = embedding
         cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=k,
                 refine=settings.clustering.refine, seed=seed, key_added=REGION_KEY)
         runs.append((model, embedding, adata.obs[REGION_KEY].astype(str).to_numpy(),
                      adata.obs[f"{REGION_KEY}_confidence"].to_numpy()))
-        timings["cluster_s"] += time.perf_counter() - step
+    timings["cluster_s"] = time.perf_counter() - step
     consensus = consensus_labels([r[2] for r in runs], [r[3] for r in runs])
     model, adata.obsm["X_senca"] = runs[consensus.reference][0], runs[consensus.reference][1]
     adata.obs[REGION_KEY] = pd.Categorical(consensus.labels, categories=sorted(set(consensus.labels), key=_region_order))
@@ -183,7 +241,11 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         "restart_agreement": None if consensus.agreement is None else round(consensus.agreement, 4),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "restart_jobs": jobs,
     }
+    if jobs > 1:
+        # Each restart process holds its own copy; up to ``jobs`` of them run beside this one.
+        metrics["peak_memory_restart_process_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     if LABEL_KEY in adata.obs and adata.obs[LABEL_KEY].notna().any():
         metrics.update(score(adata, LABEL_KEY, REGION_KEY))
     return RunResult(adata=adata, model=model, metrics=metrics)

@@ -71,12 +71,20 @@ class ClusterSettings:
     DLPFC 151510, seeds 0-2: 0.521 with one run, 0.520 with three (both measured before the
     image target was left unaveraged, which raised A1). It costs three times the training
     time; 1 for a quick look.
+
+    ``restart_jobs``: how many restarts train at once, each in its own process (CPU only; on a
+    GPU they run one after another). The regions are the same as with 1; the wall time falls
+    towards that of one restart when there are as many free cores, and the memory grows with
+    every process (each holds its own copy of the section): DLPFC 151510 on 2 cores, 218 s with
+    1, 144 s with 2, 126 s with 3 (``benchmarks/restart_jobs.md``). The processes are spawned,
+    so a script that sets it needs the ``if __name__ == "__main__":`` guard.
     """
 
     method: str = "gmm"
     k: int | None = None
     refine: bool = True
     restarts: int = 3
+    restart_jobs: int = 1
 
 
 @dataclass

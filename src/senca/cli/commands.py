@@ -39,6 +39,8 @@ def _apply_common(settings: RunSettings, args: argparse.Namespace) -> None:
         scale_epochs(settings, args.epochs)
     if args.restarts is not None:  # checked by run_section, as a config file's value is
         settings.clustering = dataclasses.replace(settings.clustering, restarts=args.restarts)
+    if args.jobs is not None:  # checked by run_section too
+        settings.clustering = dataclasses.replace(settings.clustering, restart_jobs=args.jobs)
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
