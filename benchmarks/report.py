@@ -110,7 +110,9 @@ def wilcoxon_tests(results: dict, reference: str, methods: Sequence[str]) -> lis
         if method == reference:
             continue
         other = per_section(results, method)
-        sections = [s for s in ref if s in other]
+        # Protocol order, so the bootstrap draws (by position) do not depend on the order runs finished in.
+        order = [s.name for s in SECTIONS]
+        sections = sorted((s for s in ref if s in other), key=lambda s: order.index(s) if s in order else len(order))
         test = PairedTest(method, sections)
         if not sections:
             test.note = "no section in common"
