@@ -15,6 +15,7 @@ import argparse
 import logging
 import multiprocessing
 import platform
+import queue as queue_module
 import resource
 import sys
 import time
@@ -69,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             queue = context.Queue()
             child = context.Process(target=_measure, args=(section, jobs, args.data_root, queue))
             child.start()
-            run = queue.get()
+            while True:  # a child that dies (e.g. out of memory) sends nothing: do not wait for it forever
+                try:
+                    run = queue.get(timeout=5)
+                    break
+                except queue_module.Empty:
+                    if not child.is_alive():
+                        raise RuntimeError(f"{section} with {jobs} job(s): the run's process died "
+                                           f"(exit code {child.exitcode})") from None
             child.join()
             first = run["regions"] if first is None else first
             same = "yes" if np.array_equal(run["regions"], first) else "NO"
