@@ -39,7 +39,8 @@ _ATTRS_FILE = "attrs.json"
 _FEATURES_FILE = "image_features.npy"
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"``: CUDA when present, else the CPU; anything else as ``torch.device`` reads it."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -217,7 +218,7 @@ class SENCA:
         #: Columns of ``obsm[pca_key]`` the model reads (see ``SencaConfig.coherence_z``).
         self.input_pcs = np.asarray(input_pcs, dtype=int)
         self.pca_key, self.graph_key = pca_key, graph_key
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         feature_dim = data.image_features.shape[1] if image_mode == "features" else None
         torch.manual_seed(config.seed)
         self.module = SencaModule(data.x.shape[1], config, image_mode, feature_dim)
