@@ -30,6 +30,12 @@ VERSIONED = ("senca", "torch", "numpy", "scipy", "pandas", "scanpy", "anndata", 
              "scikit-misc")
 
 
+def protocol_order(sections: Iterable[str]) -> list[str]:
+    """Section names sorted as in the protocol (names it does not know last, in their order)."""
+    order = [s.name for s in SECTIONS]
+    return sorted(sections, key=lambda name: order.index(name) if name in order else len(order))
+
+
 def aggregate(records: Iterable[dict]) -> dict:
     """Summarise finished runs over seeds into the ``results.json`` schema.
 
@@ -111,8 +117,7 @@ def wilcoxon_tests(results: dict, reference: str, methods: Sequence[str]) -> lis
             continue
         other = per_section(results, method)
         # Protocol order, so the bootstrap draws (by position) do not depend on the order runs finished in.
-        order = [s.name for s in SECTIONS]
-        sections = sorted((s for s in ref if s in other), key=lambda s: order.index(s) if s in order else len(order))
+        sections = protocol_order(s for s in ref if s in other)
         test = PairedTest(method, sections)
         if not sections:
             test.note = "no section in common"
@@ -147,8 +152,7 @@ def versions() -> dict[str, str]:
 
 def write_results_json(results: dict, path: Path) -> None:
     """Write ``results.json`` (datasets in protocol order, sections in protocol order)."""
-    order = [s.name for s in SECTIONS]
-    ordered = {dataset: {method: {s: sections[s] for s in sorted(sections, key=order.index)}
+    ordered = {dataset: {method: {s: sections[s] for s in protocol_order(sections)}
                          for method, sections in results[dataset].items()}
                for dataset in DATASETS if dataset in results}
     path.write_text(json.dumps(ordered, indent=2) + "\n")
