@@ -11,7 +11,7 @@ from senca.io.h5ad import read_h5ad, validate_adata
 from senca.io.image import attach_image, read_image
 from senca.io.labels import read_labels
 from senca.io.st import her2st_samples, read_her2st, read_st
-from senca.io.visium import read_10x_h5, read_visium
+from senca.io.visium import matrix_source, read_10x_h5, read_10x_mtx, read_visium
 
 FORMATS = ("her2st", "visium", "h5ad")
 
@@ -23,13 +23,13 @@ def detect_format(path: str | Path) -> str:
         return "h5ad"
     if path.is_dir() and (path / "ST-cnts").is_dir():
         return "her2st"
-    if path.is_dir() and (path / "filtered_feature_bc_matrix.h5").is_file():
+    if path.is_dir() and matrix_source(path) is not None:
         return "visium"
     if not path.exists():
         raise SencaInputError(f"{path}: input not found")
     raise SencaInputError(
         f"{path}: cannot tell the input format; expected an .h5ad file, a HER2ST-layout folder "
-        "(with ST-cnts/) or a Space Ranger folder (with filtered_feature_bc_matrix.h5)"
+        "(with ST-cnts/) or a Space Ranger folder (with filtered_feature_bc_matrix.h5 or filtered_feature_bc_matrix/)"
     )
 
 
@@ -79,5 +79,5 @@ def read(
 
 __all__ = [
     "FORMATS", "attach_image", "detect_format", "her2st_samples", "read", "read_10x_h5", "read_h5ad",
-    "read_her2st", "read_image", "read_labels", "read_st", "read_visium", "validate_adata",
+    "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_st", "read_visium", "validate_adata",
 ]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import re
+import zlib
 from pathlib import Path
 
 import anndata as ad
@@ -63,6 +66,118 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
     return adata
 
 
+def _open_text(path: Path):
+    """Open a text file, gunzipping it when its name ends in ``.gz``."""
+    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+
+
+def _find(folder: Path, stems: tuple[str, ...]) -> Path | None:
+    """The first of ``stem`` or ``stem.gz`` for ``stems`` that exists in ``folder``."""
+    for stem in stems:
+        for name in (f"{stem}.gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _read_matrix_market(path: Path) -> sp.csr_matrix:
+    """Read a MatrixMarket ``coordinate`` matrix (genes x barcodes) as barcodes x genes CSR.
+
+    The coordinates are checked against the declared shape before scipy builds the matrix, so
+    a damaged file gives an error naming it instead of wrong counts or a crash.
+    """
+    try:
+        with _open_text(path) as f:
+            header = f.readline()
+            if not re.match(r"%%MatrixMarket\s+matrix\s+coordinate\s+(integer|real)\s+general", header, re.I):
+                raise SencaInputError(
+                    f"{path}: first line {header.strip()[:80]!r}; expected a MatrixMarket header "
+                    "'%%MatrixMarket matrix coordinate integer general'"
+                )
+            line = f.readline()
+            while line.startswith("%"):
+                line = f.readline()
+            size = line.split()
+            if len(size) != 3 or not all(v.isdigit() for v in size):
+                raise SencaInputError(f"{path}: size line {line.strip()[:80]!r}; expected 'n_genes n_barcodes n_entries'")
+            n_genes, n_spots, n_entries = (int(v) for v in size)
+            entries = pd.read_csv(f, sep=r"\s+", header=None, names=["gene", "spot", "count"], comment="%",
+                                  dtype={"gene": np.int64, "spot": np.int64, "count": np.float64}, engine="c")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, pd.errors.ParserError) as err:
+        raise SencaInputError(f"{path}: cannot read the MatrixMarket counts ({err})") from err
+    if len(entries) != n_entries:
+        raise SencaInputError(f"{path}: {len(entries)} entries; the size line declares {n_entries}")
+    for column, bound in (("gene", n_genes), ("spot", n_spots)):
+        values = entries[column].to_numpy()
+        if values.size and (values.min() < 1 or values.max() > bound):
+            raise SencaInputError(
+                f"{path}: {column} indices range {values.min()}..{values.max()}; expected 1..{bound} (the size line)"
+            )
+    return sp.csr_matrix(
+        (entries["count"].to_numpy(), (entries["spot"].to_numpy() - 1, entries["gene"].to_numpy() - 1)),
+        shape=(n_spots, n_genes),
+    )
+
+
+def read_10x_mtx(path: str | Path) -> ad.AnnData:
+    """Read a 10x MTX feature-barcode folder (``matrix.mtx``, ``features.tsv`` or ``genes.tsv``, ``barcodes.tsv``).
+
+    Files may be gzipped or not (Space Ranger 1.x writes ``genes.tsv``, later versions
+    ``features.tsv.gz``); the feature table has 1 to 3 columns (id, name, type). Only
+    "Gene Expression" features are kept when a type is recorded. Repeated names are made
+    unique, and the name column falls back to the id when it is absent.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SencaInputError(f"{folder}: not a folder (expected a 10x MTX folder with matrix.mtx(.gz))")
+    matrix_path = _find(folder, ("matrix.mtx",))
+    features_path = _find(folder, ("features.tsv", "genes.tsv"))
+    barcodes_path = _find(folder, ("barcodes.tsv",))
+    for found, what in ((matrix_path, "matrix.mtx(.gz)"), (features_path, "features.tsv(.gz) or genes.tsv(.gz)"),
+                        (barcodes_path, "barcodes.tsv(.gz)")):
+        if found is None:
+            raise SencaInputError(f"{folder}: {what} not found; expected a 10x MTX feature-barcode folder")
+    matrix = _read_matrix_market(matrix_path)
+    features = _read_lines_table(features_path, "feature table", max_columns=3)
+    barcodes = _read_lines_table(barcodes_path, "barcode table", max_columns=1)[0].astype(str).tolist()
+    if len(features) != matrix.shape[1]:
+        raise SencaInputError(f"{features_path}: {len(features)} feature rows; {matrix_path.name} declares {matrix.shape[1]} genes")
+    if len(barcodes) != matrix.shape[0]:
+        raise SencaInputError(f"{barcodes_path}: {len(barcodes)} barcodes; {matrix_path.name} declares {matrix.shape[0]} spots")
+    require_unique(barcodes, barcodes_path, "barcodes")
+    matrix = validate_counts(matrix, matrix_path)
+    ids = features[0].astype(str).to_numpy()
+    names = features[1].astype(str).to_numpy() if features.shape[1] > 1 else ids
+    keep = (features[2].astype(str).to_numpy() == "Gene Expression") if features.shape[1] > 2 else np.ones(len(ids), bool)
+    adata = ad.AnnData(
+        X=matrix[:, keep],
+        obs=pd.DataFrame(index=pd.Index(barcodes)),
+        var=pd.DataFrame({"gene_ids": ids[keep]}, index=pd.Index(names[keep])),
+    )
+    adata.var_names_make_unique()
+    return adata
+
+
+def _read_lines_table(path: Path, what: str, max_columns: int) -> pd.DataFrame:
+    """A headerless tab-separated table with 1..``max_columns`` columns (10x's features / barcodes)."""
+    try:
+        table = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError, zlib.error) as err:
+        raise SencaInputError(f"{path}: cannot read the {what} ({err})") from err
+    if not 1 <= table.shape[1] <= max_columns:
+        raise SencaInputError(f"{path}: the {what} has {table.shape[1]} columns; expected 1 to {max_columns}, tab-separated")
+    return table
+
+
+def matrix_source(path: Path) -> Path | None:
+    """The counts of a Space Ranger folder: ``filtered_feature_bc_matrix.h5``, else the MTX folder."""
+    h5 = path / "filtered_feature_bc_matrix.h5"
+    if h5.is_file():
+        return h5
+    mtx = path / "filtered_feature_bc_matrix"
+    return mtx if mtx.is_dir() else None
+
+
 def _read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
     with_header = spatial / "tissue_positions.csv"
     without_header = spatial / "tissue_positions_list.csv"
@@ -93,7 +208,8 @@ def read_visium(path: str | Path, library_id: str | None = None, load_image: boo
     Parameters
     ----------
     path
-        Folder with ``filtered_feature_bc_matrix.h5`` and ``spatial/`` (``tissue_positions.csv``
+        Folder with ``filtered_feature_bc_matrix.h5`` (preferred) or the MTX folder
+        ``filtered_feature_bc_matrix/`` (see :func:`read_10x_mtx`), and ``spatial/`` (``tissue_positions.csv``
         with a header or ``tissue_positions_list.csv`` without, ``scalefactors_json.json`` and
         ``tissue_hires_image.png`` and/or ``tissue_lowres_image.png``).
     library_id
@@ -110,8 +226,13 @@ def read_visium(path: str | Path, library_id: str | None = None, load_image: boo
     if not path.is_dir():
         raise SencaInputError(f"{path}: not a folder (expected a Space Ranger output folder)")
     library_id = library_id or path.resolve().name
-    matrix_path = path / "filtered_feature_bc_matrix.h5"
-    adata = read_10x_h5(matrix_path)
+    matrix_path = matrix_source(path)
+    if matrix_path is None:
+        raise SencaInputError(
+            f"{path}: neither filtered_feature_bc_matrix.h5 nor a filtered_feature_bc_matrix/ MTX folder found; "
+            "expected a Space Ranger output folder"
+        )
+    adata = read_10x_h5(matrix_path) if matrix_path.suffix == ".h5" else read_10x_mtx(matrix_path)
     spatial = path / "spatial"
     positions, positions_path = _read_positions(spatial)
     require_joined(adata.obs_names, positions.index, matrix_path, "feature-barcode matrix", f"tissue positions {positions_path.name}")
