@@ -161,6 +161,36 @@ def test_sampler_covers_every_seed_once_with_bounded_subgraphs():
         assert b.edge_index.max() < b.nodes.numel()
 
 
+def test_contiguous_blocks_keep_the_halo_to_the_rim():
+    """Seeds of a batch are a compact block, so its 2-hop halo is a rim, not 13 spots per seed."""
+    adata = grid(side=64)
+    ei = edges_of(adata)
+    sampler = SubgraphSampler(ei, adata.n_obs, num_hops=2, batch_size=256, coordinates=adata.obsm["spatial"])
+    batches = list(sampler.batches(np.random.default_rng(1)))
+    assert torch.equal(torch.cat([b.nodes[b.seeds] for b in batches]).sort().values, torch.arange(adata.n_obs))
+    ratios = [b.nodes.numel() / b.seeds.numel() for b in batches if b.seeds.numel() == 256]
+    # A 16 x 16 block gains at most 2 * 4 * 16 + 8 rim spots (~1.6x); random seeds would pull in
+    # most of their 13-spot balls (~10x).
+    assert max(ratios) < 2.0
+    random_seeds = torch.from_numpy(np.sort(np.random.default_rng(0).choice(adata.n_obs, 256, replace=False)))
+    assert sampler.subgraph(random_seeds).nodes.numel() / 256 > 5
+    # The subgraph's edges are exactly the section's edges among its nodes.
+    b = batches[0]
+    global_edges = {(int(u), int(v)) for u, v in ei.t()}
+    local = {(int(b.nodes[u]), int(b.nodes[v])) for u, v in b.edge_index.t()}
+    inside = set(b.nodes.tolist())
+    assert local == {(u, v) for u, v in global_edges if u in inside and v in inside}
+
+
+def test_step_stream_moves_block_boundaries_between_passes():
+    adata = grid(side=32)
+    sampler = SubgraphSampler(edges_of(adata), adata.n_obs, num_hops=1, batch_size=100, coordinates=adata.obsm["spatial"])
+    stream = sampler.steps(np.random.default_rng(0))
+    first = [frozenset(next(stream).nodes.tolist()) for _ in range(len(sampler))]
+    second = [frozenset(next(stream).nodes.tolist()) for _ in range(len(sampler))]
+    assert set(first) != set(second)
+
+
 @pytest.mark.parametrize("image", [False, True])
 def test_subgraph_embedding_equals_full_graph_embedding(image):
     adata = grid(side=14)

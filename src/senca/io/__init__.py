@@ -78,6 +78,6 @@ def read(
 
 
 __all__ = [
-    "FORMATS", "attach_image", "detect_format", "her2st_samples", "read", "read_10x_h5", "read_h5ad",
+    "FORMATS", "attach_image", "detect_format", "her2st_samples", "matrix_source", "read", "read_10x_h5", "read_h5ad",
     "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_st", "read_visium", "validate_adata",
 ]

@@ -73,9 +73,12 @@ class SencaConfig:
         ``n_clusters`` regions (chosen by BIC over ``n_clusters_range`` when ``None``).
     Schedule
         ``epochs_warmup`` (stage 1, branches), ``epochs_shared`` (stage 2, shared
-        encoder), ``epochs_regions`` (stage 3, regions); ``lr``, ``weight_decay``;
+        encoder), ``epochs_regions`` (stage 3, regions), each counted in optimisation
+        steps: one step is one pass over a section that fits one batch, and one contiguous
+        block of spots (with its halo) on a larger one, so the schedule costs about the same
+        at any size; ``lr``, ``weight_decay``;
         ``batch_size`` seed spots per mini-batch (full batch when ``None`` and the
-        section has at most ``full_batch_max_spots`` spots); ``seed``; ``num_threads``
+        section has at most ``full_batch_max_spots`` spots; else blocks of 4096); ``seed``; ``num_threads``
         intra-op CPU threads while training / embedding (``None``: torch's setting). One
         thread is the default because the graph operations are small: on a shared 2-core
         machine two threads were 4-10x slower, ResNet included; raise it on an idle

@@ -111,7 +111,8 @@ def _make_data(adata: AnnData, x: np.ndarray, graph_key: str, config: SencaConfi
     x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     edge_index = _edge_index(adata, graph_key)
     target = neighbourhood_mean(x, edge_index, config.target_smoothing_hops)
-    return SencaData(x, edge_index, target=target)
+    coordinates = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] if "spatial" in adata.obsm else None
+    return SencaData(x, edge_index, target=target, coordinates=coordinates)
 
 
 def _patches(adata: AnnData, patches: Any) -> torch.Tensor:

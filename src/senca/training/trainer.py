@@ -45,8 +45,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["SencaData", "StagedTrainer", "embed", "make_sampler", "neighbourhood_mean", "spot_image_features", "stage_plan", "choose_n_clusters"]
 
 _FEATURE_CHUNK = 256
-# Seeds per mini-batch when the section is too large for full-batch training and none is given.
-_DEFAULT_BATCH = 1024
+# Seeds per mini-batch when the section is too large for full-batch training and none is given:
+# a block about the size of a section that trains full-batch, so a step costs about the same at
+# any size (the contiguous block's halo adds only its rim).
+_DEFAULT_BATCH = 4096
 
 
 @dataclass
@@ -67,6 +69,8 @@ class SencaData:
     target
         ``(n, p)`` reconstruction target (``x`` averaged over each spot's neighbourhood,
         see :func:`neighbourhood_mean`); ``x`` itself when ``None``.
+    coordinates
+        ``(n, 2)`` spot positions; mini-batches are contiguous blocks along them.
     """
 
     x: torch.Tensor
@@ -74,6 +78,7 @@ class SencaData:
     patches: torch.Tensor | None = None
     image_features: torch.Tensor | None = None
     target: torch.Tensor | None = None
+    coordinates: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.target is None:
@@ -130,7 +135,7 @@ def make_sampler(module: SencaModule, data: SencaData, config: SencaConfig) -> S
     batch_size = config.batch_size
     if batch_size is None and data.n_obs > config.full_batch_max_spots:
         batch_size = _DEFAULT_BATCH
-    return SubgraphSampler(data.edge_index, data.n_obs, module.num_hops, batch_size)
+    return SubgraphSampler(data.edge_index, data.n_obs, module.num_hops, batch_size, coordinates=data.coordinates)
 
 
 @torch.no_grad()
@@ -349,7 +354,10 @@ class StagedTrainer:
         plan = [(s, e) for s, e in stage_plan(cfg) if e > 0]
         history: dict[str, pd.DataFrame] = {}
         self.module.to(self.device).train()
-        bar = tqdm(total=sum(e for _, e in plan), desc="SENCA", disable=not self.progress_bar)
+        bar = tqdm(total=sum(e for _, e in plan), desc="SENCA", unit="step", disable=not self.progress_bar)
+        # One optimisation step per schedule unit: the whole section when it fits one batch,
+        # else the next contiguous block, so the cost of the schedule does not grow with the section.
+        batches = self.sampler.steps(self.rng)
         image_epochs = 0
         image_prepared = False
         for stage, epochs in plan:
@@ -361,29 +369,25 @@ class StagedTrainer:
             if stage == "regions":
                 self._init_regions()
             rows = []
-            for epoch in range(epochs):
-                if stage == "regions" and epoch % max(cfg.dec_update_interval, 1) == 0:
+            for step in range(epochs):
+                if stage == "regions" and step % max(cfg.dec_update_interval, 1) == 0:
                     self._refresh_dec_targets()
                 sums: dict[str, float] = defaultdict(float)
                 if self._resnet_trainable and cfg.w_image_view > 0 and image_epochs < cfg.epochs_image:
                     sums["image_view"] = self._image_view_epoch()
                     image_epochs += 1
-                n_batches = 0
-                for batch in self.sampler.batches(self.rng):
-                    losses = self._graph_losses(stage, batch)
-                    if not losses:
-                        break
+                losses = self._graph_losses(stage, next(batches))
+                if losses:
                     self._step(sum(losses.values()))
-                    for name, value in losses.items():
-                        sums[name] += value.item()
-                    n_batches += 1
-                row = {name: (v if name == "image_view" else v / max(n_batches, 1)) for name, v in sums.items()}
+                for name, value in losses.items():
+                    sums[name] += value.item()
+                row = dict(sums)
                 row["total"] = sum(row.values())
                 rows.append(row)
                 bar.set_description(f"SENCA {stage}")
                 bar.set_postfix(loss=f"{row['total']:.4f}")
                 bar.update(1)
-            history[stage] = pd.DataFrame(rows, index=pd.RangeIndex(epochs, name="epoch"))
+            history[stage] = pd.DataFrame(rows, index=pd.RangeIndex(epochs, name="step"))
         bar.close()
         if self._resnet_trainable and cfg.freeze_image_after_warmup:
             self._freeze_image()
