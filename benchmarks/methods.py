@@ -18,7 +18,7 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
-from benchmarks.peers import common, graphst, spagcn, stagate
+from benchmarks.peers import banksy, common, graphst, spagcn, stagate
 from benchmarks.protocol import REPO, Section
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,7 @@ METHODS: dict[str, Method] = {
         _peer_method(spagcn, ("max_epochs", "search_max_epochs")),
         _peer_method(stagate, ("n_epochs",)),
         _peer_method(graphst, ("epochs",)),
+        _peer_method(banksy, ()),
         *(_senca_method(name) for name in ("senca-st-only", "senca-image-only", "senca-no-cross-attention",
                                            "senca-vanilla-contrastive", "senca")),
     )

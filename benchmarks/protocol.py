@@ -54,7 +54,7 @@ class Section:
 SECTIONS: tuple[Section, ...] = (
     Section("her2st", "A1", "st", image=True),
     *(Section("her2st", name, "st") for name in ("B1", "C1", "D1", "E1", "F1", "G2", "H1")),
-    Section("dlpfc", "151510", "visium"),
+    *(Section("dlpfc", name, "visium") for name in ("151510", "151673", "151674")),
 )
 DATASETS = ("her2st", "dlpfc")
 
@@ -81,15 +81,15 @@ def section_paths(section: Section, data_root: Path = DATA_ROOT) -> list[Path]:
                  root / "ST-pat" / "lbl" / f"{section.name}_labeled_coordinates.tsv"]
         return paths + ([root / A1_IMAGE] if section.image else [])
     root = data_root / "dlpfc" / section.name
-    return [root / "filtered_feature_bc_matrix.h5", root / "spatial", root / "layer_labels.tsv"]
+    return [io.matrix_source(root) or root / "filtered_feature_bc_matrix.h5", root / "spatial", root / "layer_labels.tsv"]
 
 
 def load_section(section: Section, data_root: Path = DATA_ROOT) -> ad.AnnData:
     """Read a section with its reference labels in ``obs["label"]`` (raw counts in ``X``).
 
     HER2ST sections come through :func:`senca.io.read_her2st` (A1 with its H&E image),
-    DLPFC 151510 through :func:`senca.io.read_visium` without its image plus
-    ``layer_labels.tsv``.
+    DLPFC sections (151510 from its ``.h5``, 151673 and 151674 from their MTX folders) through
+    :func:`senca.io.read_visium` without their image plus ``layer_labels.tsv``.
     """
     if section.dataset == "her2st":
         root = data_root / "her2st"

@@ -169,9 +169,13 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], text_columns: i
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def her2st_mean(results: dict, method: str, metric: str = "ari") -> tuple[float, int]:
-    """Mean over the HER2ST sections the method ran on, and how many there were."""
-    values = [v[metric] for v in results.get("her2st", {}).get(method, {}).values()]
+DATASET_TITLES = {"her2st": "HER2ST", "dlpfc": "DLPFC"}
+
+
+def dataset_mean(results: dict, method: str, metric: str = "ari", dataset: str | None = None) -> tuple[float, int]:
+    """Mean over the sections of ``dataset`` (every dataset when ``None``) the method ran on, and their number."""
+    datasets = [dataset] if dataset else list(results)
+    values = [v[metric] for d in datasets for v in results.get(d, {}).get(method, {}).values()]
     return (float(np.mean(values)) if values else math.nan), len(values)
 
 
@@ -189,6 +193,7 @@ class ReportContext:
     not_run: dict[str, str] = field(default_factory=dict)
     not_applicable: dict[str, list[str]] = field(default_factory=dict)
     failed: list[dict] = field(default_factory=list)
+    reused: dict[str, list[str]] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     section_info: dict[str, dict] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=versions)
@@ -199,15 +204,17 @@ def _reported_methods(results: dict, ctx: ReportContext) -> list[str]:
 
 
 def _section_rows(ctx: ReportContext, cell, mean_cell=None) -> list[list[str]]:
-    """One row per section (protocol order); the HER2ST mean row after the HER2ST sections."""
+    """One row per section (protocol order); a mean row after each dataset's sections and one over all."""
     rows = []
-    her2st = [s for s in SECTIONS if s.dataset == "her2st" and s.name in ctx.sections]
-    for section in SECTIONS:
-        if section.name not in ctx.sections:
-            continue
+    chosen = [s for s in SECTIONS if s.name in ctx.sections]
+    for i, section in enumerate(chosen):
         rows.append([section.name] + cell(section))
-        if mean_cell is not None and her2st and section == her2st[-1]:
-            rows.append(["**HER2ST mean**"] + mean_cell(len(her2st)))
+        last_of_dataset = i + 1 == len(chosen) or chosen[i + 1].dataset != section.dataset
+        if mean_cell is not None and last_of_dataset:
+            n = sum(s.dataset == section.dataset for s in chosen)
+            rows.append([f"**{DATASET_TITLES.get(section.dataset, section.dataset)} mean**"] + mean_cell(n, section.dataset))
+    if mean_cell is not None and len({s.dataset for s in chosen}) > 1:
+        rows.append([f"**mean, all {len(chosen)} sections**"] + mean_cell(len(chosen), None))
     return rows
 
 
@@ -234,10 +241,10 @@ def _metric_table(results: dict, ctx: ReportContext, metric: str, with_std: bool
     def cell(section) -> list[str]:
         return _cells(results, ctx, methods, section, fmt)
 
-    def mean_cell(n_total: int) -> list[str]:
+    def mean_cell(n_total: int, dataset: str | None) -> list[str]:
         out = []
         for method in methods:
-            mean, n = her2st_mean(results, method, metric)
+            mean, n = dataset_mean(results, method, metric, dataset)
             out.append("—" if n == 0 else f"**{mean:.3f}**" + ("" if n == n_total else f" ({n}/{n_total})"))
         return out
 
@@ -301,9 +308,10 @@ def render_markdown(results: dict, ctx: ReportContext) -> str:
     lines += [
         "## Protocol",
         "",
-        "- Sections: the 8 labelled HER2ST sections (legacy ST) and DLPFC 151510 (10x Visium, 500 genes). "
+        "- Sections: the 8 labelled HER2ST sections (legacy ST) and DLPFC 151510 (10x Visium, 500 genes), "
+        "151673 and 151674 (10x Visium, 5,000 genes, read from Space Ranger MTX folders). "
         "Only A1 has an H&E image (the 2000 px display image, scale 0.28761); DLPFC is run without its "
-        "600 px low-resolution image.",
+        "600 px low-resolution image (spots about 4 px across).",
         "- k = the number of reference labels other than \"undetermined\"; ARI and NMI on the spots "
         "whose label is present and not \"undetermined\".",
         f"- Seeds {seeds}; cells give the mean (± sample standard deviation) over seeds.",
@@ -343,6 +351,14 @@ def render_markdown(results: dict, ctx: ReportContext) -> str:
         *_cost_table(results, ctx),
         "",
     ]
+    if ctx.reused:
+        lines += ["## Copied from the previous results", "",
+                  "These methods were not run by this command (`--reuse`): their entries are copied from the "
+                  "previous `results.json`, where they were measured with the same protocol and their own unchanged "
+                  "settings. Sections without an entry there show —.", ""]
+        lines += [f"- **{method}**: {', '.join(sections) if sections else 'no section'}"
+                  for method, sections in ctx.reused.items()]
+        lines.append("")
     if ctx.not_run or ctx.failed:
         lines += ["## Not run or failed", ""]
         lines += [f"- **{method}**: not run — {reason}" for method, reason in ctx.not_run.items()]

@@ -39,7 +39,7 @@ logger = logging.getLogger("benchmarks")
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache"
 DEFAULT_SEEDS = (0, 1, 2)
-REGION_COLUMNS = ("pca-gmm", "pca-gmm-smooth", "leiden", "spagcn", "stagate", "graphst", "senca")
+REGION_COLUMNS = ("pca-gmm", "pca-gmm-smooth", "leiden", "spagcn", "stagate", "graphst", "banksy", "senca")
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,26 @@ def draw_figures(records: list[dict], sections: list[Section], seed: int, out: P
     return names
 
 
+def reused_results(previous: Path, methods: list[str], sections: list[Section]) -> dict:
+    """The entries of ``methods`` on ``sections`` in a previous ``results.json`` (schema of :func:`aggregate`)."""
+    if not previous.is_file():
+        raise SystemExit(f"--reuse: {previous} not found (expected a results.json written by this script)")
+    data = json.loads(previous.read_text())
+    names = {(s.dataset, s.name) for s in sections}
+    return {dataset: {m: {sec: v for sec, v in by_method.get(m, {}).items() if (dataset, sec) in names}
+                      for m in methods if by_method.get(m)}
+            for dataset, by_method in data.items()}
+
+
+def merge_results(results: dict, reused: dict) -> dict:
+    """``results`` with the reused entries added (a method run now keeps its own)."""
+    for dataset, by_method in reused.items():
+        for method, by_section in by_method.items():
+            for section, values in by_section.items():
+                results.setdefault(dataset, {}).setdefault(method, {}).setdefault(section, values)
+    return results
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from benchmarks.methods import METHODS
 
@@ -265,6 +285,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder of the cached runs (default benchmarks/cache/runs)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT,
                         help=f"the shared data folder (default {DATA_ROOT})")
+    parser.add_argument("--reuse", nargs="+", metavar="METHOD", default=[], choices=list(METHODS),
+                        help="do not run these methods: copy their per-section results from --previous "
+                             "(for peers that take hours here; RESULTS.md says which entries were copied)")
+    parser.add_argument("--previous", type=Path, default=HERE / "results.json",
+                        help="results.json that --reuse copies from (default benchmarks/results.json)")
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "SECTION", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -295,16 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (HERE if full else CACHE / "check")
     out.mkdir(parents=True, exist_ok=True)
 
-    jobs, not_run, not_applicable = plan(methods, sections, seeds, args.quick, args.cache)
+    reused = reused_results(args.previous, args.reuse, sections) if args.reuse else {}
+    jobs, not_run, not_applicable = plan([m for m in methods if m not in args.reuse], sections, seeds, args.quick,
+                                         args.cache)
     records = run_jobs(jobs, args.data_root, args.jobs, args.force, args.timeout)
-    results = aggregate(records)
+    results = merge_results(aggregate(records), reused)
     write_results_json(results, out / "results.json")
     figures = draw_figures(records, sections, min(seeds), out, args.data_root)
     given = sys.argv[1:] if argv is None else argv
     command = "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in given)
     params = {}
     for name in methods:
-        if name not in not_run:
+        if name not in not_run and name not in args.reuse:
             params[name] = METHODS[name].params(args.quick)
             if METHODS[name].kind == "ablation":  # the rest is the reference's settings
                 params[name] = {k: v for k, v in params[name].items() if k != "settings"}
@@ -313,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                         sections=[s.name for s in sections], reference=REFERENCE, params=params,
                         not_run=not_run, not_applicable=not_applicable,
                         failed=[r for r in records if r["status"] != "ok"], figures=figures,
+                        reused={m: sorted({sec for by_method in reused.values() for sec in by_method.get(m, {})})
+                                for m in args.reuse},
                         section_info=section_info(records))
     (out / "RESULTS.md").write_text(render_markdown(results, ctx))
     logger.info("wrote %s, %s and %d figure(s)", out / "results.json", out / "RESULTS.md", len(figures))

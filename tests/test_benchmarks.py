@@ -31,7 +31,7 @@ from benchmarks.report import (  # noqa: E402
 
 
 def _record(method, section, seed, ari, nmi=0.5, seconds=10.0, peak=500.0, dataset=None, status="ok"):
-    dataset = dataset or ("dlpfc" if section == "151510" else "her2st")
+    dataset = dataset or ("dlpfc" if section.isdigit() else "her2st")
     return {"method": method, "dataset": dataset, "section": section, "seed": seed, "status": status,
             "ari": ari, "nmi": nmi, "seconds": seconds, "peak_mb": peak}
 
@@ -117,9 +117,9 @@ def test_fingerprint_changes_with_value_and_file(tmp_path):
 
 
 def test_sections_and_methods_cover_the_issue():
-    assert [s.name for s in protocol.SECTIONS] == ["A1", "B1", "C1", "D1", "E1", "F1", "G2", "H1", "151510"]
+    assert [s.name for s in protocol.SECTIONS] == ["A1", "B1", "C1", "D1", "E1", "F1", "G2", "H1", "151510", "151673", "151674"]
     assert [s.name for s in protocol.SECTIONS if s.image] == ["A1"]
-    assert {"senca", "pca-gmm", "pca-gmm-smooth", "leiden", "spagcn", "stagate", "graphst", "senca-st-only",
+    assert {"senca", "pca-gmm", "pca-gmm-smooth", "leiden", "spagcn", "stagate", "graphst", "banksy", "senca-st-only",
             "senca-image-only", "senca-no-cross-attention", "senca-vanilla-contrastive"} == set(METHODS)
     with pytest.raises(ValueError, match="unknown section"):
         protocol.get_section("Z9")
@@ -199,7 +199,9 @@ def test_report_renders_tables_tests_and_settings(tmp_path):
     assert "| B1 | 0.200 ± 0.000 | n/a | 0.550 ± 0.071 |" in text
     assert "| B1 | 10 s / 500 MB | n/a | 10 s / 500 MB |" in text
     assert "**HER2ST mean** | **0.200** | **0.300** (1/2) | **0.550** |" in text
-    assert text.index("HER2ST mean") < text.index("| 151510 |")
+    assert text.index("HER2ST mean") < text.index("| 151510 |") < text.index("DLPFC mean")
+    assert "| **DLPFC mean** | **0.200** | n/a |" not in text  # a mean never shows where no section ran
+    assert "| **mean, all 3 sections** | **0.200** | **0.300** (1/3) | **0.550** |" in text
     assert "spagcn**: not run — not installed" in text and "boom" in text
     assert "| pca-gmm | only 3 section(s): p cannot fall below 0.05 | 3 | 0.350 | 0.350 to 0.350 | 3/0 | 0.2500 |" in text
     assert "| A1 | her2st | st | yes | 5 | 341 |" in text
@@ -339,3 +341,19 @@ def test_run_section_combines_restarts_into_one_consensus():
     with pytest.raises(SencaInputError, match="restarts"):
         run_section(adata.copy(), dataclasses.replace(settings, clustering=dataclasses.replace(
             settings.clustering, restarts=0)), progress=False)
+
+
+def test_reused_entries_fill_only_what_was_not_run(tmp_path):
+    from benchmarks.run import merge_results, reused_results
+
+    previous = tmp_path / "results.json"
+    old = [_record("stagate", s, 0, 0.3) for s in ("A1", "B1", "151510")] + [_record("senca", "A1", 0, 0.1)]
+    write_results_json(aggregate(old), previous)
+    sections = [protocol.get_section(s) for s in ("A1", "151510", "151673")]
+    reused = reused_results(previous, ["stagate"], sections)
+    assert reused == {"her2st": {"stagate": {"A1": aggregate(old)["her2st"]["stagate"]["A1"]}},
+                      "dlpfc": {"stagate": {"151510": aggregate(old)["dlpfc"]["stagate"]["151510"]}}}
+    merged = merge_results(aggregate([_record("senca", "A1", 0, 0.7)]), reused)
+    assert merged["her2st"]["senca"]["A1"]["ari"] == pytest.approx(0.7)  # what ran now is kept
+    assert merged["dlpfc"]["stagate"]["151510"]["ari"] == pytest.approx(0.3)
+    assert "151673" not in merged["dlpfc"]["stagate"] and "B1" not in merged["her2st"]["stagate"]
