@@ -225,7 +225,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
     for seed, (model, embedding) in zip(seeds, trained):
         adata.obsm["X_senca"] = embedding
         cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=k,
-                refine=settings.clustering.refine, seed=seed, key_added=REGION_KEY)
+                refine=settings.clustering.refine, scale=settings.clustering.scale, seed=seed, key_added=REGION_KEY)
         runs.append((model, embedding, adata.obs[REGION_KEY].astype(str).to_numpy(),
                      adata.obs[f"{REGION_KEY}_confidence"].to_numpy()))
     timings["cluster_s"] = time.perf_counter() - step

@@ -72,6 +72,12 @@ class ClusterSettings:
     image target was left unaveraged, which raised A1). It costs three times the training
     time; 1 for a quick look.
 
+    ``scale``: how the embedding is rescaled before the GMM (see
+    :func:`senca.clustering.scale_features`). ``"none"`` by default: the embedding's variance
+    spectrum is part of what it learned, and standardising each dimension gives its
+    low-variance, uninformative directions the weight of the informative ones in the k-means
+    start of EM (measurements in ``benchmarks/README.md``).
+
     ``restart_jobs``: how many restarts train at once, each in its own process (CPU only; on a
     GPU they run one after another). The regions are the same as with 1; the wall time falls
     towards that of one restart when there are as many free cores, and the memory grows with
@@ -82,6 +88,7 @@ class ClusterSettings:
 
     method: str = "gmm"
     k: int | None = None
+    scale: str = "none"
     refine: bool = True
     restarts: int = 3
     restart_jobs: int = 1

@@ -91,7 +91,7 @@ class SencaModule(nn.Module):
         if has_image:
             self.image_decoder = nn.Linear(self.embedding_dim, image_feature_dim)
 
-        # DEC centres live in the standardised embedding space (the space the final GMM sees).
+        # DEC centres live in the centred embedding space, rescaled by one global factor.
         self.register_buffer("emb_mean", torch.zeros(self.embedding_dim))
         self.register_buffer("emb_std", torch.ones(self.embedding_dim))
         self.centres: nn.Parameter | None = None
@@ -192,7 +192,7 @@ class SencaModule(nn.Module):
         return out
 
     def init_centres(self, centres: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Set DEC centres (in standardised embedding space) and the standardisation."""
+        """Set DEC centres (in the centred, globally rescaled embedding space) and that rescaling."""
         self.emb_mean.copy_(mean)
         self.emb_std.copy_(std)
         self.centres = nn.Parameter(centres.clone().to(self.emb_mean.device))

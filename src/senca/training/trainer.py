@@ -288,7 +288,11 @@ class StagedTrainer:
     def _init_regions(self) -> None:
         cfg = self.config
         emb = embed(self.module, self.data, self.sampler, self.device)
-        mean, std = emb.mean(0), emb.std(0).clamp(min=1e-6)
+        # One scale for every dimension (centred, unit mean variance), not one per dimension:
+        # the embedding's variance spectrum is what it learned, and per-dimension scaling would
+        # give its low-variance, uninformative directions the weight of the informative ones.
+        mean = emb.mean(0)
+        std = emb.var(0).mean().sqrt().clamp(min=1e-6).expand(emb.shape[1]).clone()
         z = ((emb - mean) / std).numpy()
         k = cfg.n_clusters or choose_n_clusters(z, cfg.n_clusters_range, cfg.seed)
         if cfg.dec_init == "gmm":
