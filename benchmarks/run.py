@@ -153,10 +153,12 @@ def execute(job: Job, data_root: Path, threads: int | None, timeout: float | Non
     return record
 
 
-def plan(methods: list[str], sections: list[Section], seeds: list[int], quick: bool, cache: Path = CACHE / "runs"):
+def plan(methods: list[str], sections: list[Section], seeds: list[int], quick: bool, cache: Path = CACHE / "runs",
+         skip: frozenset[tuple[str, str]] = frozenset()):
     """Jobs to run, plus the methods that cannot run here and the (method, section) pairs that do not apply.
 
-    Jobs come seed by seed, so that an interrupted benchmark has whole seeds to report.
+    Jobs come seed by seed, so that an interrupted benchmark has whole seeds to report, and within
+    a seed senca first. ``(method, section)`` pairs in ``skip`` are not planned (reused entries).
     """
     from benchmarks.methods import METHODS
 
@@ -169,11 +171,13 @@ def plan(methods: list[str], sections: list[Section], seeds: list[int], quick: b
             logger.warning("%s: not run, %s", name, reason)
             continue
         for section in sections:
+            if (name, section.name) in skip:
+                continue
             if method.needs_image and not section.image:
                 not_applicable.setdefault(name, []).append(section.name)
                 continue
             jobs += [Job(name, section, seed, quick, run_key(method, section, seed, quick), cache) for seed in seeds]
-    return sorted(jobs, key=lambda job: seeds.index(job.seed)), not_run, not_applicable
+    return sorted(jobs, key=lambda job: (seeds.index(job.seed), job.method != "senca")), not_run, not_applicable
 
 
 def run_jobs(jobs: list[Job], data_root: Path, n_jobs: int, force: bool, timeout: float | None) -> list[dict]:
@@ -286,8 +290,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT,
                         help=f"the shared data folder (default {DATA_ROOT})")
     parser.add_argument("--reuse", nargs="+", metavar="METHOD", default=[], choices=list(METHODS),
-                        help="do not run these methods: copy their per-section results from --previous "
-                             "(for peers that take hours here; RESULTS.md says which entries were copied)")
+                        help="copy these methods' per-section results from --previous where it has them and run "
+                             "only the other sections (for peers that take hours here; RESULTS.md lists what "
+                             "was copied)")
     parser.add_argument("--previous", type=Path, default=HERE / "results.json",
                         help="results.json that --reuse copies from (default benchmarks/results.json)")
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "SECTION", "SEED"), help=argparse.SUPPRESS)
@@ -321,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     reused = reused_results(args.previous, args.reuse, sections) if args.reuse else {}
-    jobs, not_run, not_applicable = plan([m for m in methods if m not in args.reuse], sections, seeds, args.quick,
-                                         args.cache)
+    reused_pairs = frozenset((m, sec) for by_method in reused.values() for m, by_section in by_method.items()
+                             for sec in by_section)
+    jobs, not_run, not_applicable = plan(methods, sections, seeds, args.quick, args.cache, reused_pairs)
     records = run_jobs(jobs, args.data_root, args.jobs, args.force, args.timeout)
     results = merge_results(aggregate(records), reused)
     write_results_json(results, out / "results.json")
@@ -331,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in given)
     params = {}
     for name in methods:
-        if name not in not_run and name not in args.reuse:
+        if name not in not_run:
             params[name] = METHODS[name].params(args.quick)
             if METHODS[name].kind == "ablation":  # the rest is the reference's settings
                 params[name] = {k: v for k, v in params[name].items() if k != "settings"}
