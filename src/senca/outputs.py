@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import anndata as ad
@@ -16,8 +17,10 @@ import scanpy as sc
 
 from senca import plotting
 from senca.errors import SencaInputError
+from senca.io import write_h5ad
 from senca.evaluation import markers as find_markers
-from senca.pipeline import LABEL_KEY, REGION_KEY, RunResult
+from senca.evaluation import name_regions
+from senca.pipeline import LABEL_KEY, REGION_KEY, RunResult, timed
 from senca.plotting.report import write_report
 from senca.settings import RunSettings, dump_toml
 
@@ -25,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("regions.csv", "senca.h5ad", "regions.png", "umap.png", "markers.csv", "markers.png",
                 "metrics.json", "config.toml", "report.html")
+# Written only when the run chose the number of regions itself.
+K_SELECTION_FILE = "k_selection.png"
+# Written only on request (``save_model``): SENCA.save with the section, for SENCA.load(folder).
+MODEL_FOLDER = "model"
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -36,16 +43,18 @@ def check_output_dir(out: Path, force: bool) -> None:
 
 
 def _region_table(adata: ad.AnnData) -> pd.DataFrame:
+    """Spots and mean confidence per region, with its name and, with labels, its most common
+    label and that label's share (the evidence the name rests on)."""
     obs = adata.obs
     table = obs.groupby(REGION_KEY, observed=True).agg(
         spots=(REGION_KEY, "size"), mean_confidence=(f"{REGION_KEY}_confidence", "mean")).reset_index()
+    table[REGION_KEY] = table[REGION_KEY].astype(str)
+    _, names = plotting.region_styles(adata, REGION_KEY, LABEL_KEY)
+    table.insert(1, "name", table[REGION_KEY].map(names))
     if LABEL_KEY in obs and obs[LABEL_KEY].notna().any():
-        # Plain strings: mapping a categorical column through a categorical Series pairs codes, not names.
-        majority = {
-            str(region): (str(labels.value_counts().index[0]) if labels.notna().any() else "")
-            for region, labels in obs.groupby(REGION_KEY, observed=True)[LABEL_KEY]
-        }
-        table["most common reference label"] = table[REGION_KEY].astype(str).map(majority)
+        evidence = name_regions(obs[LABEL_KEY], obs[REGION_KEY]).set_index("region")
+        table["most common reference label"] = table[REGION_KEY].map(evidence["label"])
+        table["its share"] = table[REGION_KEY].map(evidence["share"])
     return table.rename(columns={REGION_KEY: "region"})
 
 
@@ -54,24 +63,15 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
-    """A copy whose ``uns`` holds only what h5ad can store (no tuples, no None)."""
-    def clean(value):
-        if isinstance(value, dict):
-            return {str(k): clean(v) for k, v in value.items() if v is not None}
-        if isinstance(value, tuple):
-            return list(value)
-        return value
-    out = adata.copy()
-    out.uns = clean(dict(out.uns))
-    return out
-
-
-def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: str, force: bool = False) -> Path:
+def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: str, force: bool = False,
+                  save_model: bool = False) -> Path:
     """Write every output of a run into ``out``, atomically.
 
     Everything is written into a temporary folder beside ``out`` and moved into place only when
     all files exist; on any failure the temporary folder is removed and ``out`` is untouched.
+    Each step is logged with its time; ``metrics.json``, written last, holds them and the wall
+    time since ``result.started``, outputs included. ``save_model`` also writes the model with
+    its section into ``out/model`` (:meth:`senca.SENCA.load` reads it without an AnnData).
 
     Returns
     -------
@@ -82,7 +82,7 @@ def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: st
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        _write_all(result, settings, staging, title)
+        _write_all(result, settings, staging, title, save_model)
         if out.exists():
             previous = out.with_name(f".{out.name}.previous")
             shutil.rmtree(previous, ignore_errors=True)
@@ -98,38 +98,52 @@ def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: st
     return out
 
 
-def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: str) -> None:
+def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: str, save_model: bool) -> None:
     adata = result.adata
     seed = settings.seed
+    seconds = result.metrics.setdefault("seconds", {})
     xy = np.asarray(adata.obsm["spatial"])[:, :2]
     regions = pd.DataFrame({
         "spot": adata.obs_names, "x": xy[:, 0], "y": xy[:, 1],
         "region": adata.obs[REGION_KEY].astype(str).to_numpy(),
+        "name": adata.obs[f"{REGION_KEY}_name"].astype(str).to_numpy(),
         "confidence": adata.obs[f"{REGION_KEY}_confidence"].to_numpy(),
     })
     if LABEL_KEY in adata.obs:
         regions["label"] = adata.obs[LABEL_KEY].astype("string").to_numpy()
     regions.to_csv(folder / "regions.csv", index=False)
 
-    markers = find_markers(adata, groupby=REGION_KEY, n_genes=10)
-    markers.to_csv(folder / "markers.csv", index=False)
+    with timed("markers", seconds):
+        markers = find_markers(adata, groupby=REGION_KEY, n_genes=10)
+        markers.to_csv(folder / "markers.csv", index=False)
+    with timed("UMAP", seconds):
+        sc.pp.neighbors(adata, use_rep="X_senca", n_neighbors=15, random_state=seed, key_added="senca_neighbors")
+        sc.tl.umap(adata, neighbors_key="senca_neighbors", random_state=seed)
 
-    sc.pp.neighbors(adata, use_rep="X_senca", n_neighbors=15, random_state=seed, key_added="senca_neighbors")
-    sc.tl.umap(adata, neighbors_key="senca_neighbors", random_state=seed)
+    palette, names = plotting.region_styles(adata, REGION_KEY, LABEL_KEY)
+    with timed("plots", seconds):
+        _save(plotting.regions(adata, REGION_KEY, LABEL_KEY, title=title), folder / "regions.png")
+        _save(plotting.embedding(adata, "X_umap", REGION_KEY, title="UMAP of the senca embedding"), folder / "umap.png")
+        _save(plotting.marker_dotplot(adata, markers, REGION_KEY, n_genes=3, names=names), folder / "markers.png")
+        figures = {"regions": folder / "regions.png", "umap": folder / "umap.png", "markers": folder / "markers.png"}
+        selection = adata.uns.get(REGION_KEY, {}).get("k_selection")
+        if selection:
+            _save(plotting.k_selection(selection), folder / K_SELECTION_FILE)
+            figures["k_selection"] = folder / K_SELECTION_FILE
 
-    _save(plotting.regions(adata, REGION_KEY, LABEL_KEY, title=title), folder / "regions.png")
-    _save(plotting.embedding(adata, "X_umap", REGION_KEY, title="UMAP of the senca embedding"), folder / "umap.png")
-    _save(plotting.marker_dotplot(adata, markers, REGION_KEY, n_genes=3), folder / "markers.png")
-
-    metrics = dict(result.metrics)
+    with timed("writing", seconds):
+        config_text = dump_toml(settings.to_dict())
+        (folder / "config.toml").write_text(config_text)
+        write_h5ad(adata, folder / "senca.h5ad")
+        if save_model:
+            result.model.save(folder / MODEL_FOLDER, save_anndata=True)
+        metrics = result.metrics
+        seconds["total_s"] = time.perf_counter() - result.started
+        write_report(folder / "report.html", title, metrics, figures, markers, _region_table(adata), config_text, names)
+    seconds.pop("total_s")
+    seconds["total_s"] = time.perf_counter() - result.started  # wall time, outputs included
+    metrics["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    config_text = dump_toml(settings.to_dict())
-    (folder / "config.toml").write_text(config_text)
-    _h5ad_safe(adata).write_h5ad(folder / "senca.h5ad", compression="gzip")
-
-    write_report(folder / "report.html", title, metrics,
-                 {"regions": folder / "regions.png", "umap": folder / "umap.png", "markers": folder / "markers.png"},
-                 markers, _region_table(adata), config_text)
     missing = [name for name in OUTPUT_FILES if not (folder / name).is_file()]
     if missing:
         raise RuntimeError(f"outputs not written: {missing}")

@@ -5,6 +5,7 @@ Shared by the command line and the benchmarks, so both run exactly the same meth
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import resource
@@ -12,6 +13,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +28,10 @@ from senca.clustering import cluster, consensus_labels
 from senca.errors import SencaInputError
 from senca.evaluation import n_clusters_from_labels, score
 from senca.graph import spatial_graph
-from senca.image import extract_patches
+from senca.image import extract_patches, section_image
 from senca.model import SENCA
 from senca.model._senca import resolve_device
+from senca.plotting import store_styles
 from senca.preprocessing import preprocess
 from senca.settings import RunSettings
 
@@ -38,6 +41,20 @@ LABEL_KEY = "label"
 REGION_KEY = "senca_region"
 # Seed of restart r: seed + r * step, so restarts of seeds 0, 1, 2 never share a seed.
 _RESTART_SEED_STEP = 1000
+
+
+@contextlib.contextmanager
+def timed(phase: str, timings: dict[str, float]) -> Iterator[None]:
+    """Log the phase with its seconds and add them to ``timings[f"{phase}_s"]``.
+
+    Every phase of a run says what it did and how long it took, so a slow step is never silent.
+    """
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    key = phase.lower().replace(" ", "_") + "_s"
+    timings[key] = timings.get(key, 0.0) + seconds
+    logger.info("%s: %.1f s", phase, seconds)
 
 
 def restart_seeds(settings: RunSettings) -> list[int]:
@@ -84,10 +101,14 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
     """
     if jobs == 1:
         out = []
-        for seed in seeds:
+        for i, seed in enumerate(seeds):
+            start = time.perf_counter()
+            logger.info("training restart %d/%d (seed %d)", i + 1, len(seeds), seed)
             model = _train_one(adata, config.replace(seed=seed), patches, image_features, device, progress)
             out.append((model, model.get_latent_representation()))
+            logger.info("restart %d/%d trained: %.1f s", i + 1, len(seeds), time.perf_counter() - start)
         return out
+    logger.info("training %d restarts in %d processes", len(seeds), jobs)
     with tempfile.TemporaryDirectory(prefix="senca-restarts-") as tmp, ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         folders = [str(Path(tmp) / f"restart-{seed}") for seed in seeds]
@@ -110,11 +131,16 @@ def _region_order(name: str) -> tuple[int, str]:
 
 @dataclass
 class RunResult:
-    """A finished run: the section with ``obsm["X_senca"]`` and regions, the model, and numbers."""
+    """A finished run: the section with ``obsm["X_senca"]`` and regions, the model, and numbers.
+
+    ``started`` is the ``time.perf_counter()`` the run's wall time counts from (set it earlier
+    to count reading the input too); ``metrics["seconds"]`` holds the seconds of every phase.
+    """
 
     adata: ad.AnnData
     model: SENCA
     metrics: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
 
 def load_section(settings: RunSettings) -> ad.AnnData:
@@ -161,6 +187,18 @@ def _prepare(adata: ad.AnnData, settings: RunSettings) -> tuple[ad.AnnData, np.n
     return adata, image_features
 
 
+def _image_usable(adata: ad.AnnData, min_spot_px: float) -> bool:
+    """Whether the section's image shows texture: at least ``min_spot_px`` pixels across a spot."""
+    image, scale, diameter = section_image(adata)
+    spot_px = diameter * scale
+    if spot_px >= min_spot_px:
+        return True
+    logger.warning("the H&E image has %.1f px across a spot (%d x %d px image), too few for texture "
+                   "(at least %g, image.min_spot_px): running on the transcriptomics alone; give a "
+                   "higher-resolution image to use it", spot_px, image.shape[1], image.shape[0], min_spot_px)
+    return False
+
+
 def _n_regions(adata: ad.AnnData, settings: RunSettings) -> int | None:
     """``settings.clustering.k``, else the number of reference labels when there are labels."""
     k = settings.clustering.k
@@ -197,43 +235,66 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
     seeds = restart_seeds(settings)  # bad restart settings fail before the costly steps
     jobs = restart_jobs(settings, len(seeds))
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    adata, image_features = _prepare(adata, settings)
-    timings["preprocess_s"] = time.perf_counter() - start
+    started = time.perf_counter()
+    with timed("preprocess", timings):
+        adata, image_features = _prepare(adata, settings)
 
     config = settings.model.replace(seed=settings.seed)
     patches = None
     if config.use_image and image_features is None:
-        if has_image(adata):
-            step = time.perf_counter()
-            patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px,
-                                      show_progress=progress)
-            timings["patches_s"] = time.perf_counter() - step
-        else:
+        if not has_image(adata):
             logger.warning("the section has no H&E image: running on the transcriptomics alone")
             config = config.replace(use_image=False)
+        elif not _image_usable(adata, settings.image.min_spot_px):
+            config = config.replace(use_image=False)
+        else:
+            with timed("patches", timings):
+                patches = extract_patches(adata, patch_spots=settings.image.patch_spots,
+                                          patch_px=settings.image.patch_px, show_progress=progress)
 
     k = _n_regions(adata, settings)
     config = config.replace(n_clusters=k)
     # Regions of one training run depend on its random start (on small sections ARI varied
     # from 0.01 to 0.52 between seeds); the consensus of restarts is steadier.
-    step = time.perf_counter()
-    trained = _train_restarts(adata, config, seeds, patches, image_features, settings.device, jobs, progress)
-    timings["train_s"] = time.perf_counter() - step
-    step = time.perf_counter()
+    with timed("training", timings):
+        trained = _train_restarts(adata, config, seeds, patches, image_features, settings.device, jobs, progress)
     runs = []
-    for seed, (model, embedding) in zip(seeds, trained):
-        adata.obsm["X_senca"] = embedding
-        cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=k,
-                refine=settings.clustering.refine, scale=settings.clustering.scale, seed=seed, key_added=REGION_KEY)
-        runs.append((model, embedding, adata.obs[REGION_KEY].astype(str).to_numpy(),
-                     adata.obs[f"{REGION_KEY}_confidence"].to_numpy()))
-    timings["cluster_s"] = time.perf_counter() - step
-    consensus = consensus_labels([r[2] for r in runs], [r[3] for r in runs])
+    with timed("clustering", timings):
+        for seed, (model, embedding) in zip(seeds, trained):
+            adata.obsm["X_senca"] = embedding
+            # The model's own number of regions (chosen once, at its region stage, when k is None).
+            cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=model.n_regions,
+                    refine=settings.clustering.refine, scale=settings.clustering.scale, seed=seed,
+                    key_added=REGION_KEY)
+            # How k was chosen: by the model's region stage, else here by the clustering.
+            curve = adata.uns[REGION_KEY]["bic"]
+            selection = model.k_selection or (None if k is not None or model.n_regions is not None else
+                                              {"k": adata.uns[REGION_KEY]["n_clusters"], "ks": [int(v) for v in curve],
+                                               "bic": list(curve.values()), "criterion": "elbow of the tied-GMM BIC"})
+            runs.append((model, embedding, adata.obs[REGION_KEY].astype(str).to_numpy(),
+                         adata.obs[f"{REGION_KEY}_confidence"].to_numpy(), selection))
+        consensus = consensus_labels([r[2] for r in runs], [r[3] for r in runs])
     model, adata.obsm["X_senca"] = runs[consensus.reference][0], runs[consensus.reference][1]
     adata.obs[REGION_KEY] = pd.Categorical(consensus.labels, categories=sorted(set(consensus.labels), key=_region_order))
     adata.obs[f"{REGION_KEY}_confidence"] = consensus.confidence
-    timings["total_s"] = time.perf_counter() - start
+    store_styles(adata, REGION_KEY, LABEL_KEY)
+    names = {str(r): str(n) for r, n in zip(adata.obs[REGION_KEY].cat.categories, adata.obs[f"{REGION_KEY}_name"].cat.categories)}
+    # What produced the consensus, not the last restart's clustering.
+    adata.uns[REGION_KEY] = {
+        "method": settings.clustering.method,
+        "n_clusters": int(adata.obs[REGION_KEY].nunique()),
+        "refined": bool(settings.clustering.refine),
+        "use_rep": "X_senca",
+        "restarts": len(runs),
+        "seeds": list(seeds),
+        "restart_n_clusters": [int(len(set(r[2]))) for r in runs],
+        "reference_restart": int(consensus.reference),
+        "restart_agreement": None if consensus.agreement is None else float(consensus.agreement),
+        "k_selection": runs[consensus.reference][4],
+        "names": names,
+    }
+    logger.info("regions: %s", ", ".join(f"{n} ({c})" for n, c in adata.obs[f"{REGION_KEY}_name"].value_counts(sort=False).items()))
+    timings["run_section_s"] = time.perf_counter() - started
 
     metrics: dict = {
         "n_spots": int(adata.n_obs),
@@ -251,7 +312,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         metrics["peak_memory_restart_process_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     if LABEL_KEY in adata.obs and adata.obs[LABEL_KEY].notna().any():
         metrics.update(score(adata, LABEL_KEY, REGION_KEY))
-    return RunResult(adata=adata, model=model, metrics=metrics)
+    return RunResult(adata=adata, model=model, metrics=metrics, started=started)
 
 
 def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 30, progress: bool = True) -> pd.Series:

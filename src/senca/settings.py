@@ -51,11 +51,19 @@ class GraphSettings:
 
 @dataclass
 class ImageSettings:
-    """H&E patches, or precomputed per-spot image features instead of the ResNet."""
+    """H&E patches, or precomputed per-spot image features instead of the ResNet.
+
+    ``min_spot_px``: an image with fewer pixels across a spot is not used (the run says so in
+    one line). Below it a patch shows the spot's colour but no texture: a nucleus of about
+    10 um is under 1.5 px on a 55 um Visium spot at 8 px, so the ResNet has nothing to describe.
+    A Visium lowres image has about 4 px across a spot, hires about 14, HER2ST's 2000 px
+    display image 29. 0 uses any image.
+    """
 
     patch_px: int = 64
     patch_spots: float = 2.0
     features: str | None = None
+    min_spot_px: float = 8.0
 
 
 @dataclass

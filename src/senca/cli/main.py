@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="find regions in a section", description=(
         "Run senca on one section: a HER2ST-layout folder (with --sample), a Space Ranger folder or an .h5ad file. "
         "Settings come from the defaults, then --config, then the flags."))
-    run.add_argument("input", type=Path, help="HER2ST-layout folder, Space Ranger output folder or .h5ad file")
+    run.add_argument("input", type=Path, nargs="?", default=None,
+                     help="HER2ST-layout folder, Space Ranger output folder or .h5ad file (default: [input] path of --config)")
     _add_common(run)
     run.add_argument("--format", choices=["her2st", "visium", "h5ad"], default=None, help="input format (default: detected)")
     run.add_argument("--sample", default=None, help="section of a HER2ST-layout folder, e.g. A1")
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="table of spot id and label (TSV or CSV with a header) to score against; "
                           "a HER2ST folder's own label file is found without it")
     run.add_argument("--k", type=int, default=None,
-                     help="number of regions (default: the number of reference labels other than 'undetermined', else chosen by BIC)")
+                     help="number of regions (default: the number of reference labels other than 'undetermined', else chosen "
+                          "by the elbow of the BIC curve over 2-12, drawn in k_selection.png)")
     run.add_argument("--cluster-method", choices=["gmm", "kmeans", "leiden"], default=None, help="clustering of the embedding (default gmm)")
     run.add_argument("--no-refine", action="store_true", help="skip the spatial majority-vote refinement of regions")
     run.add_argument("--patch-size", type=int, default=None, help="H&E patch side in pixels after resizing (default 64)")
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="precomputed per-spot image features (.npy, spots x features, or an obsm key of the .h5ad) instead of the ResNet")
     run.add_argument("--ablation", choices=sorted(ABLATIONS), default="full", help="run an ablation of the model (default full)")
     run.add_argument("--config", type=Path, default=None, help="TOML file of settings (as the config.toml senca writes); flags override it")
+    run.add_argument("--save-model", action="store_true",
+                     help="also save the trained model with its section in OUT/model (senca.SENCA.load(OUT/'model') reads it)")
 
     demo = commands.add_parser("demo", help="run the whole pipeline on built-in simulated tissue", description=(
         "Simulate a section with known regions (NB counts with dropout, H&E-like image), run senca with ST only, "

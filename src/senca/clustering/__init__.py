@@ -10,14 +10,17 @@ from senca.clustering._utils import ClusterResult
 from senca.clustering.consensus import Consensus, consensus_labels
 from senca.clustering.core import cluster
 from senca.clustering.gmm import fit_gmm, scale_features
+from senca.clustering.k_selection import K_RANGE, KSelection, select_k
 from senca.clustering.kmeans import fit_kmeans
 from senca.clustering.leiden import fit_leiden, leiden_partition
 from senca.clustering.refine import refine_labels
 from senca.clustering.smooth import smooth_representation
 
 __all__ = [
+    "K_RANGE",
     "ClusterResult",
     "Consensus",
+    "KSelection",
     "cluster",
     "consensus_labels",
     "fit_gmm",
@@ -26,5 +29,6 @@ __all__ = [
     "leiden_partition",
     "refine_labels",
     "scale_features",
+    "select_k",
     "smooth_representation",
 ]

@@ -18,6 +18,7 @@ from senca.clustering._utils import (
     spatial_neighbours,
 )
 from senca.clustering.gmm import ScaleMode, fit_gmm
+from senca.clustering.k_selection import K_RANGE
 from senca.clustering.kmeans import fit_kmeans
 from senca.clustering.leiden import fit_leiden
 from senca.clustering.refine import refine_labels
@@ -36,7 +37,7 @@ def cluster(
     *,
     refine: bool = False,
     refine_neighbors: int = 6,
-    k_range: tuple[int, int] = (2, 15),
+    k_range: tuple[int, int] = K_RANGE,
     scale: ScaleMode = "standardize",
     n_neighbors: int = 15,
     resolution: float = 1.0,
@@ -61,7 +62,8 @@ def cluster(
         ``n_clusters``, see :func:`~senca.clustering.fit_leiden`; confidence = fraction of
         kNN neighbours sharing the label.
     n_clusters
-        Number of regions. ``None``: chosen by BIC over ``k_range`` (gmm), one run at
+        Number of regions. ``None``: chosen over ``k_range`` by the elbow of the BIC curve
+        (gmm, :func:`~senca.clustering.select_k`), one run at
         ``resolution`` (leiden); required for kmeans.
     refine
         Spatial refinement after clustering (:func:`~senca.clustering.refine_labels`): a spot
@@ -72,7 +74,8 @@ def cluster(
         Neighbours per spot for the refinement graph when ``obsp["spatial_connectivities"]``
         is absent (kNN on ``obsm["spatial"]``); ignored when that graph exists.
     k_range
-        ``(k_min, k_max)`` searched by BIC (gmm with ``n_clusters=None``).
+        ``(k_min, k_max)`` searched (gmm with ``n_clusters=None``); the same range as the
+        model's (:data:`senca.clustering.K_RANGE`).
     scale
         Feature scaling for gmm: ``"standardize"``, ``"whiten"`` or ``"none"``.
     n_neighbors
@@ -154,5 +157,5 @@ def cluster(
         "use_rep": use_rep,
         "resolution": result.resolution,
     }
-    logger.info("wrote obs[%r] with %d regions", key_added, k)
+    logger.debug("wrote obs[%r] with %d regions", key_added, k)
     return adata if copy else None

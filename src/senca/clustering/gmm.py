@@ -24,9 +24,9 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from senca.clustering._utils import ClusterResult, check_n_clusters, relabel_by_size
+from senca.clustering.k_selection import K_RANGE, select_k
 from senca.errors import SencaInputError
 
 logger = logging.getLogger(__name__)
@@ -92,22 +92,6 @@ def _fit_one(
     return model
 
 
-def _check_k_range(k_range: tuple[int, int], n_spots: int) -> range:
-    try:
-        lo, hi = (int(v) for v in k_range)
-    except (TypeError, ValueError) as err:
-        raise SencaInputError(
-            f"k_range={k_range!r}: expected a pair of integers (k_min, k_max)"
-        ) from err
-    if lo < 2 or hi < lo:
-        raise SencaInputError(f"k_range={k_range!r}: expected 2 <= k_min <= k_max")
-    if lo > n_spots:
-        raise SencaInputError(
-            f"k_range={k_range!r}: k_min exceeds the number of spots ({n_spots})"
-        )
-    return range(lo, min(hi, n_spots) + 1)
-
-
 # EM's products are (n x d) @ (d x d) per component: threaded BLAS costs more than it saves
 # there (measured up to 10x slower on a loaded 2-core machine), so the mixture runs single-threaded.
 @threadpool_limits.wrap(limits=1, user_api="blas")
@@ -115,12 +99,11 @@ def fit_gmm(
     x: np.ndarray,
     n_clusters: int | None = None,
     *,
-    k_range: tuple[int, int] = (2, 15),
+    k_range: tuple[int, int] = K_RANGE,
     scale: ScaleMode = "standardize",
     n_init: int = 10,
     reg_covar: float = 1e-4,
     max_iter: int = 300,
-    bic_max_spots: int | None = 20000,
     seed: int = 0,
 ) -> ClusterResult:
     """Cluster rows of ``x`` with a tied-covariance (mclust EEE) Gaussian mixture.
@@ -130,10 +113,10 @@ def fit_gmm(
     x
         ``(n_spots, n_features)`` finite array.
     n_clusters
-        Number of components. ``None`` chooses it by BIC over ``k_range`` (inclusive).
+        Number of components. ``None`` chooses it over ``k_range`` (inclusive) by the elbow of
+        the BIC curve (:func:`senca.clustering.select_k`).
     k_range
-        ``(k_min, k_max)`` searched when ``n_clusters`` is ``None``; ``k_max`` is capped at
-        ``n_spots``.
+        ``(k_min, k_max)`` searched when ``n_clusters`` is ``None``.
     scale
         Feature scaling before fitting, see :func:`scale_features`.
     n_init
@@ -149,10 +132,6 @@ def fit_gmm(
         singular covariances (collinear embedding dimensions) without visibly biasing the fit.
     max_iter
         Maximum EM iterations per restart.
-    bic_max_spots
-        For large sections the BIC search fits every ``k`` on a random subsample of this many
-        spots (drawn with ``seed``), then fits the chosen ``k`` once on all spots. ``None``
-        searches on all spots.
     seed
         Random state for the initialisations.
 
@@ -160,7 +139,8 @@ def fit_gmm(
     -------
     :class:`ClusterResult` with ``confidence`` = maximum posterior probability per spot,
     ``centers`` = posterior-weighted means in the input space, ``bic`` = ``{str(k): BIC}``
-    for every ``k`` fitted (scikit-learn sign: lower is better) and ``model`` = the fitted
+    for every ``k`` fitted (scikit-learn sign: lower is better; for an automatic ``k``, the
+    curve of :func:`select_k`) and ``model`` = the fitted
     :class:`~sklearn.mixture.GaussianMixture` (in the scaled space; its component order is the
     original one, not the relabelled one).
     """
@@ -168,24 +148,9 @@ def fit_gmm(
     z = scale_features(x, scale)
     bic: dict[str, float] = {}
     if n_clusters is None:
-        ks = _check_k_range(k_range, n)
-        subsample = bic_max_spots is not None and n > bic_max_spots
-        if subsample:
-            rows = np.sort(np.random.default_rng(seed).choice(n, size=bic_max_spots, replace=False))
-            z_search = z[rows]
-            logger.info("GMM (EEE): BIC search on %d of %d spots", bic_max_spots, n)
-        else:
-            z_search = z
-        best_model, best_bic = None, np.inf
-        for k in tqdm(ks, desc="GMM (EEE) BIC search", leave=False):
-            model = _fit_one(z_search, k, n_init, reg_covar, max_iter, seed)
-            bic[str(k)] = float(model.bic(z_search))
-            if bic[str(k)] < best_bic:
-                best_model, best_bic = model, bic[str(k)]
-        model = best_model
-        logger.info("GMM (EEE): BIC chose k=%d over k=%d..%d", model.n_components, ks[0], ks[-1])
-        if subsample:
-            model = _fit_one(z, model.n_components, n_init, reg_covar, max_iter, seed)
+        selection = select_k(x, k_range, seed=seed)
+        bic = {str(k): value for k, value in zip(selection.ks, selection.bic)}
+        model = _fit_one(z, selection.k, n_init, reg_covar, max_iter, seed)
     else:
         k = check_n_clusters(n_clusters, n)
         model = _fit_one(z, k, n_init, reg_covar, max_iter, seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 import anndata as ad
 
 from senca.errors import SencaInputError
-from senca.io.h5ad import read_h5ad, validate_adata
+from senca.io.h5ad import read_h5ad, validate_adata, write_h5ad
 from senca.io.image import attach_image, read_image
 from senca.io.labels import read_labels
 from senca.io.st import her2st_samples, read_her2st, read_st
@@ -79,5 +79,5 @@ def read(
 
 __all__ = [
     "FORMATS", "attach_image", "detect_format", "her2st_samples", "matrix_source", "read", "read_10x_h5", "read_h5ad",
-    "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_st", "read_visium", "validate_adata",
+    "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_st", "read_visium", "validate_adata", "write_h5ad",
 ]

@@ -69,3 +69,17 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
     if "counts" in adata.layers:
         adata.X = adata.layers["counts"]
     return validate_adata(adata, path)
+
+
+def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
+    """Write ``adata`` (gzip) after dropping what h5ad cannot store from ``uns`` (``None``
+    values; tuples become lists), on a copy, so that senca's results always save."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items() if v is not None}
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+    out = adata.copy()
+    out.uns = clean(dict(out.uns))
+    out.write_h5ad(path, compression="gzip")

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
+from senca.clustering.k_selection import K_RANGE
 from senca.errors import SencaInputError
 
 __all__ = ["SencaConfig"]
@@ -70,7 +71,8 @@ class SencaConfig:
         ``w_dec`` DEC-style region loss (Student-t with ``dec_alpha``; sharpened targets
         divided by cluster size to the power ``dec_balance``, 1 = DEC; targets refreshed
         every ``dec_update_interval`` epochs; centres from ``dec_init``) over
-        ``n_clusters`` regions (chosen by BIC over ``n_clusters_range`` when ``None``).
+        ``n_clusters`` regions (when ``None``, chosen over ``n_clusters_range``, the same range
+        as :func:`senca.tl.cluster`'s, by :func:`senca.clustering.select_k`).
     Schedule
         ``epochs_warmup`` (stage 1, branches), ``epochs_shared`` (stage 2, shared
         encoder), ``epochs_regions`` (stage 3, regions), each counted in optimisation
@@ -128,7 +130,7 @@ class SencaConfig:
     dec_update_interval: int = 5
     dec_init: str = "gmm"
     n_clusters: int | None = None
-    n_clusters_range: tuple[int, int] = (3, 12)
+    n_clusters_range: tuple[int, int] = K_RANGE
 
     epochs_warmup: int = 100
     epochs_shared: int = 300

@@ -37,6 +37,7 @@ __all__ = ["SENCA"]
 _MODEL_FILE = "model.pt"
 _ATTRS_FILE = "attrs.json"
 _FEATURES_FILE = "image_features.npy"
+_ADATA_FILE = "adata.h5ad"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -224,6 +225,9 @@ class SENCA:
         torch.manual_seed(config.seed)
         self.module = SencaModule(data.x.shape[1], config, image_mode, feature_dim)
         self.history: dict[str, pd.DataFrame] = {}
+        #: How the number of regions was chosen when ``n_clusters`` was ``None``
+        #: (:func:`senca.clustering.select_k`'s curve as a dict), else ``None``.
+        self.k_selection: dict | None = None
         self.is_trained = False
         logger.info(
             "SENCA: %d spots, %d edges, %d inputs, image=%s", data.n_obs, data.edge_index.shape[1], data.x.shape[1], image_mode
@@ -280,9 +284,15 @@ class SENCA:
             torch.manual_seed(self.config.seed)
             trainer = StagedTrainer(self.module, self.data, self.config, self.device, progress_bar)
             self.history = trainer.fit()
+            self.k_selection = trainer.k_selection
         self.is_trained = True
         self.adata.obsm["X_senca"] = self.get_latent_representation()
         return self
+
+    @property
+    def n_regions(self) -> int | None:
+        """Regions of the model: its region centres after the region stage, else ``config.n_clusters``."""
+        return int(self.module.centres.shape[0]) if self.module.centres is not None else self.config.n_clusters
 
     def get_latent_representation(self) -> np.ndarray:
         """Fused embedding ``X_senca`` of every spot, ``(n_obs, embedding_dim)`` float32."""
@@ -326,7 +336,7 @@ class SENCA:
         with torch.no_grad():
             return self.module.soft_assignment(z).cpu().numpy()
 
-    def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
+    def save(self, dir_path: str | Path, overwrite: bool = False, save_anndata: bool = False) -> None:
         """Write weights, settings, history and (for the ResNet branch) cached image features.
 
         Parameters
@@ -335,6 +345,9 @@ class SENCA:
             Folder to create.
         overwrite
             Replace an existing model there.
+        save_anndata
+            Also write the section (``adata.h5ad``), so that :meth:`load` needs no AnnData,
+            as in scvi-tools.
         """
         path = Path(dir_path)
         if (path / _MODEL_FILE).exists() and not overwrite:
@@ -354,18 +367,23 @@ class SENCA:
             "pca_key": self.pca_key,
             "graph_key": self.graph_key,
             "is_trained": self.is_trained,
+            "k_selection": self.k_selection,
             "history": {k: v.to_dict(orient="list") for k, v in self.history.items()},
         }
         (path / _ATTRS_FILE).write_text(json.dumps(attrs, indent=1))
         if self.module.image_mode == "resnet" and self.data.image_features is not None:
             np.save(path / _FEATURES_FILE, self.data.image_features.numpy())
+        if save_anndata:
+            from senca.io import write_h5ad
+
+            write_h5ad(self.adata, path / _ADATA_FILE)
         logger.info("saved SENCA model to %s", path)
 
     @classmethod
     def load(
         cls,
         dir_path: str | Path,
-        adata: AnnData,
+        adata: AnnData | None = None,
         *,
         patches: np.ndarray | None = None,
         image_features: np.ndarray | str | None = None,
@@ -378,7 +396,9 @@ class SENCA:
         dir_path
             Folder written by :meth:`save`.
         adata
-            The section (same spots, ``obsm[pca_key]`` and ``obsp[graph_key]``).
+            The section (same spots, ``obsm[pca_key]`` and ``obsp[graph_key]``); ``None``: the
+            one saved with the model (``save(..., save_anndata=True)``, as ``senca run
+            --save-model`` does).
         patches, image_features
             The image input used in training. For the ResNet branch the cached features are
             reused when ``patches`` is not given (same spots only).
@@ -391,6 +411,12 @@ class SENCA:
             state = torch.load(path / _MODEL_FILE, map_location="cpu", weights_only=True)
         except (OSError, ValueError, RuntimeError) as err:
             raise SencaInputError(f"{path}: not a saved SENCA model ({err})") from err
+        if adata is None:
+            if not (path / _ADATA_FILE).is_file():
+                raise SencaInputError(f"{path}: no {_ADATA_FILE} saved with the model; pass adata= (the section it was trained on)")
+            import anndata
+
+            adata = anndata.read_h5ad(path / _ADATA_FILE)
         config = SencaConfig.from_dict(attrs["config"])
         mode, pca_key, graph_key = attrs["image_mode"], attrs["pca_key"], attrs["graph_key"]
         x = _st_input(adata, pca_key, config.n_input_pcs)
@@ -424,4 +450,5 @@ class SENCA:
             data.image_features = spot_image_features(obj.module, data, torch.arange(data.n_obs), obj.device, grad=False).cpu()
         obj.history = {k: pd.DataFrame(v) for k, v in attrs["history"].items()}
         obj.is_trained = attrs["is_trained"]
+        obj.k_selection = attrs.get("k_selection")
         return obj

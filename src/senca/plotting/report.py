@@ -54,6 +54,7 @@ def write_report(
     markers: pd.DataFrame,
     region_table: pd.DataFrame,
     config_text: str,
+    names: dict[str, str] | None = None,
 ) -> None:
     """Write ``report.html``: summary, region map, UMAP, marker plot and tables, settings.
 
@@ -66,20 +67,29 @@ def write_report(
     metrics
         As in ``metrics.json``.
     figures
-        ``{"regions": png, "umap": png, "markers": png}``; each is embedded, so the page needs
-        no other file and no network.
+        ``{"regions": png, "umap": png, "markers": png}`` and optionally ``"k_selection"``;
+        each is embedded, so the page needs no other file and no network.
     markers
         Marker table (``markers.csv``).
     region_table
         Spots per region with mean confidence.
     config_text
         ``config.toml`` as written.
+    names
+        Name of each region (as in the figures); the region itself when absent.
     """
-    top = markers[markers["rank"] < 5]
+    names = names or {}
+    top = markers[markers["rank"] <= 5].astype({"region": str})  # ranks start at 1
+    order = [str(r) for r in region_table["region"]]
     marker_rows = "".join(
-        f"<tr><td>{html.escape(str(region))}</td><td>{html.escape(', '.join(group['gene']))}</td></tr>"
-        for region, group in top.groupby("region", sort=True)
+        f"<tr><td>{html.escape(names.get(region, region))}</td>"
+        f"<td>{html.escape(', '.join(top.loc[top['region'] == region, 'gene']))}</td></tr>"
+        for region in order if (top["region"] == region).any()
     )
+    k_section = ("" if "k_selection" not in figures else
+                 f"<section><h2>Number of regions</h2>{_img(figures['k_selection'], 'criterion curve of the number of regions', narrow=True)}"
+                 "<p style='font-size:12px;color:#666'>Chosen automatically (no k given, no reference labels): "
+                 "the elbow of the BIC curve. Pass --k to set it.</p></section>")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>senca report: {html.escape(title)}</title>
 <style>{_STYLE}</style></head><body>
@@ -95,6 +105,7 @@ def write_report(
 <section><h2>Marker genes</h2>{_img(figures["markers"], "marker gene dot plot", narrow=True)}
 <table><tr><th>region</th><th>top 5 marker genes (Wilcoxon, vs all other spots)</th></tr>{marker_rows}</table>
 <p style="font-size:12px;color:#666">Full table: markers.csv. Per-spot regions and confidences: regions.csv. All data: senca.h5ad.</p></section>
+{k_section}
 <section><h2>Settings (config.toml)</h2><pre>{html.escape(config_text)}</pre></section>
 </main></body></html>
 """

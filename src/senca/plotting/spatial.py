@@ -76,43 +76,49 @@ def _categories(values: pd.Series) -> list[str]:
     return [str(c) for c in (values.cat.categories if hasattr(values, "cat") else sorted(values.dropna().unique()))]
 
 
-def matched_palette(regions: pd.Series, labels: pd.Series, label_palette: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Colours of the regions that follow the reference labels: each region takes the colour of
-    the label it is matched to (:func:`senca.evaluation.match_regions`); the others take colours
-    no label uses.
-
-    Returns
-    -------
-    ``(palette, names)``: colour and legend name (``"3 ≈ stroma"``) of every region.
-    """
-    from senca.evaluation import match_regions
-
-    mapping = match_regions(labels.astype(object), regions.astype(object))
-    spare = iter(c for c in region_palette([str(i) for i in range(len(label_palette) + len(mapping))]).values()
-                 if c not in label_palette.values())
-    palette, names = {}, {}
-    for region in _categories(regions):
-        label = mapping.get(region)
-        palette[region] = label_palette[label] if label is not None else next(spare)
-        names[region] = f"{region} \u2248 {label}" if label is not None else region
-    return palette, names
-
-
 def _has_labels(adata: ad.AnnData, label_key: str | None) -> bool:
     return bool(label_key) and label_key in adata.obs and adata.obs[label_key].notna().any()
 
 
-def region_styles(adata: ad.AnnData, key: str, label_key: str | None = "label") -> tuple[dict[str, str], dict[str, str]]:
-    """Colour and legend name of every value of ``obs[key]``, the same in every figure.
+def region_styles(adata: ad.AnnData, key: str = "senca_region", label_key: str | None = "label"
+                  ) -> tuple[dict[str, str], dict[str, str]]:
+    """Colour and name of every value of ``obs[key]``, the same in every figure, table and file.
 
-    With reference labels in ``obs[label_key]``: :func:`matched_palette`; otherwise
-    :func:`region_palette` and the plain names.
+    With reference labels in ``obs[label_key]`` a region is named after the label that holds a
+    clear majority of it (:func:`senca.evaluation.name_regions`: ``"3: stroma"``; otherwise
+    just ``"3"``), and a named region that is also the region overlapping its label most (one
+    to one, :func:`senca.evaluation.match_regions`) takes that label's colour in
+    :func:`label_palette`, so the two panels of :func:`regions` compare at a glance; every
+    other region takes a colour no label uses. Without labels: :func:`region_palette` and the
+    plain names.
+
+    Returns
+    -------
+    ``(palette, names)``: ``{region: "#rrggbb"}`` and ``{region: name}``.
     """
-    if _has_labels(adata, label_key):
-        label_palette = region_palette(_categories(adata.obs[label_key]))
-        return matched_palette(adata.obs[key], adata.obs[label_key], label_palette)
     categories = _categories(adata.obs[key])
-    return region_palette(categories), {c: c for c in categories}
+    if not _has_labels(adata, label_key):
+        return region_palette(categories), {c: c for c in categories}
+    from senca.evaluation import match_regions, name_regions
+
+    labels, found = adata.obs[label_key], adata.obs[key]
+    table = name_regions(labels, found).set_index("region")
+    names = {c: table["name"].get(c, c) for c in categories}
+    matched = match_regions(labels.astype(object), found.astype(object))
+    label_colours = label_palette(adata, label_key)
+    spare = iter(c for c in region_palette([str(i) for i in range(len(label_colours) + len(categories))]).values()
+                 if c not in label_colours.values())
+    palette = {}
+    for region in categories:
+        label = table["label"].get(region)
+        same = names[region] != region and matched.get(region) == label
+        palette[region] = label_colours[label] if same else next(spare)
+    return palette, names
+
+
+def label_palette(adata: ad.AnnData, label_key: str = "label") -> dict[str, str]:
+    """Colours of the reference labels in ``obs[label_key]`` (grey for 'undetermined')."""
+    return region_palette(_categories(adata.obs[label_key]))
 
 
 def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, layout, palette: dict[str, str] | None = None,
@@ -155,9 +161,8 @@ def regions(
 ) -> Figure:
     """Regions drawn as spots over the H&E image, with a legend (region and spot count).
 
-    Beside reference labels, each region is drawn in the colour of the label it overlaps most
-    (one to one, :func:`matched_palette`) and its legend names that label, so the two panels
-    compare at a glance.
+    Colours and names are those of :func:`region_styles`: beside reference labels a region is
+    named after a label only where that label holds a clear majority of it.
 
     Parameters
     ----------
@@ -226,3 +231,27 @@ def embedding(
     ax.set_title(title or f"embedding coloured by {key}", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def store_styles(adata: ad.AnnData, key: str = "senca_region", label_key: str | None = "label") -> None:
+    """Write the colours and names of :func:`region_styles` into ``adata``, as scanpy keeps them.
+
+    Sets ``uns[f"{key}_colors"]`` and, with labels, ``uns[f"{label_key}_colors"]`` (lists in
+    category order, so ``sc.pl.spatial(adata, color=key)`` draws the colours of senca's
+    figures), ``obs[f"{key}_name"]`` (categorical of the names, same order) with
+    ``uns[f"{key}_name_colors"]``; ``obs[label_key]`` becomes categorical. Scanpy reads these
+    lists only when their length equals the number of categories, which holds here.
+    """
+    palette, names = region_styles(adata, key, label_key)
+    categories = _categories(adata.obs[key])
+    if not hasattr(adata.obs[key], "cat"):
+        adata.obs[key] = pd.Categorical(adata.obs[key].astype(str), categories=categories)
+    adata.uns[f"{key}_colors"] = [palette[c] for c in categories]
+    adata.obs[f"{key}_name"] = pd.Categorical(adata.obs[key].astype(str).map(names),
+                                              categories=[names[c] for c in categories])
+    adata.uns[f"{key}_name_colors"] = list(adata.uns[f"{key}_colors"])
+    if _has_labels(adata, label_key):
+        label_categories = _categories(adata.obs[label_key])
+        adata.obs[label_key] = pd.Categorical(adata.obs[label_key].astype(object), categories=label_categories)
+        colours = label_palette(adata, label_key)
+        adata.uns[f"{label_key}_colors"] = [colours[c] for c in label_categories]

@@ -19,6 +19,7 @@ only) or ``contrastive`` (``vanilla_contrastive=True``: cross-modal InfoNCE only
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from sklearn.mixture import GaussianMixture
 from torch_geometric.utils import add_remaining_self_loops, scatter, to_scipy_sparse_matrix
 from tqdm.auto import tqdm
 
+from senca.clustering.k_selection import select_k
 from senca.graph.autocorrelation import coherent_features
 from senca.training.augment import PatchAugmenter, patches_to_tensor
 from senca.training.losses import dec_loss, dec_target, neighbour_info_nce, nt_xent, reconstruction_loss
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SencaData", "StagedTrainer", "embed", "make_sampler", "neighbourhood_mean", "spot_image_features", "stage_plan", "choose_n_clusters"]
+__all__ = ["SencaData", "StagedTrainer", "embed", "make_sampler", "neighbourhood_mean", "spot_image_features", "stage_plan"]
 
 _FEATURE_CHUNK = 256
 # Seeds per mini-batch when the section is too large for full-batch training and none is given:
@@ -152,19 +154,6 @@ def embed(module: SencaModule, data: SencaData, sampler: SubgraphSampler, device
     return out
 
 
-def choose_n_clusters(embedding: np.ndarray, k_range: tuple[int, int], seed: int) -> int:
-    """Number of regions with the lowest BIC of a tied-covariance GMM over ``k_range`` (inclusive)."""
-    lo, hi = k_range
-    hi = min(hi, embedding.shape[0] - 1)
-    bics = {
-        k: GaussianMixture(k, covariance_type="tied", random_state=seed).fit(embedding).bic(embedding)
-        for k in range(lo, hi + 1)
-    }
-    best = min(bics, key=bics.get)
-    logger.info("chose %d regions by BIC over %d..%d", best, lo, hi)
-    return best
-
-
 class StagedTrainer:
     """Runs the stage plan of :func:`stage_plan` on one section.
 
@@ -197,6 +186,8 @@ class StagedTrainer:
         self.image_columns: torch.Tensor | None = None
         self.image_target: torch.Tensor | None = None
         self.image_target_scale = 1.0
+        #: The criterion curve when the region stage chose the number of regions itself.
+        self.k_selection: dict | None = None
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -248,13 +239,15 @@ class StagedTrainer:
 
     def _freeze_image(self) -> None:
         """Cache standardised ResNet features (eval mode, no augmentation) so later stages skip the CNN."""
+        start = time.perf_counter()
         self._recalibrate_batchnorm()
         self.module.resnet.eval()
         raw = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False)
         self.data.image_features = self.module.fit_image_standardisation(raw).cpu()
         for p in list(self.module.resnet.parameters()) + list(self.module.view_head.parameters()):
             p.requires_grad_(False)
-        logger.info("froze the ResNet; cached image features %s", tuple(self.data.image_features.shape))
+        logger.info("image features: ResNet pass over %d patches, %.1f s; cached %s", self.data.n_obs,
+                    time.perf_counter() - start, tuple(self.data.image_features.shape))
 
     @torch.no_grad()
     def _prepare_image_stream(self) -> None:
@@ -294,7 +287,10 @@ class StagedTrainer:
         mean = emb.mean(0)
         std = emb.var(0).mean().sqrt().clamp(min=1e-6).expand(emb.shape[1]).clone()
         z = ((emb - mean) / std).numpy()
-        k = cfg.n_clusters or choose_n_clusters(z, cfg.n_clusters_range, cfg.seed)
+        k = cfg.n_clusters
+        if k is None:
+            selection = select_k(z, cfg.n_clusters_range, cfg.seed)
+            k, self.k_selection = selection.k, selection.to_dict()
         if cfg.dec_init == "gmm":
             centres = GaussianMixture(k, covariance_type="tied", random_state=cfg.seed).fit(z).means_
         else:
