@@ -3,6 +3,7 @@
 Modules follow scanpy: ``senca.io`` (readers), ``senca.pp`` (preprocessing), ``senca.tl``
 (clustering, scores, markers), ``senca.pl`` (plots); the model follows scvi-tools:
 ``senca.SENCA(adata, ...)``, ``.train()``, ``.get_latent_representation()``.
+``senca.find_regions(adata)`` does in one call what ``senca run`` does.
 """
 
 import importlib
@@ -31,7 +32,9 @@ def __getattr__(name: str):
         return importlib.import_module(_LAZY[name])
     if name in ("SENCA", "SencaConfig"):
         return getattr(importlib.import_module("senca.model"), name)
+    if name == "find_regions":
+        return importlib.import_module("senca.pipeline").find_regions
     raise AttributeError(f"module 'senca' has no attribute {name!r}")
 
 
-__all__ = ["SENCA", "SencaConfig", "SencaInputError", "__version__", "io", "pl", "pp", "tl"]
+__all__ = ["SENCA", "SencaConfig", "SencaInputError", "__version__", "find_regions", "io", "pl", "pp", "tl"]

@@ -6,6 +6,7 @@ Shared by the command line and the benchmarks, so both run exactly the same meth
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import resource
@@ -372,3 +373,49 @@ def image_only_regions(adata: ad.AnnData, settings: RunSettings, n_comps: int = 
                 refine=settings.clustering.refine, seed=seed, key_added="image_region")
         runs.append(adata.obs["image_region"].astype(str).to_numpy())
     return pd.Series(consensus_labels(runs).labels, index=adata.obs_names, name=REGION_KEY)
+
+
+def find_regions(
+    adata: ad.AnnData,
+    n_regions: int | None = None,
+    *,
+    restarts: int | None = None,
+    jobs: int | None = None,
+    seed: int | None = None,
+    settings: RunSettings | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Find the regions of a section in one call, exactly as ``senca run`` does.
+
+    Preprocessing, spatial graph, H&E patches (when the image shows texture), training with
+    restarts, their consensus, region names and colours: :func:`run_section` with the settings
+    of ``senca run`` (its defaults, or ``settings``, e.g. read from a ``config.toml`` with
+    :meth:`senca.settings.RunSettings.from_dict`). The keyword arguments override single
+    settings, as the command's flags do.
+
+    Parameters
+    ----------
+    adata
+        The section as read (raw counts in ``X``; e.g. :func:`senca.io.read`); not modified.
+    n_regions
+        Number of regions (``--k``); ``None``: the number of reference labels in
+        ``obs["label"]`` when there are any, else chosen by :func:`senca.clustering.select_k`.
+    restarts, jobs, seed
+        As ``--restarts``, ``--jobs`` and ``--seed``.
+    settings
+        All other settings.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    :class:`RunResult`: ``.adata`` (the preprocessed section with ``obs["senca_region"]``,
+    ``obs["senca_region_name"]``, their colours in ``uns`` and ``obsm["X_senca"]``), ``.model``
+    and ``.metrics``.
+    """
+    settings = dataclasses.replace(settings or RunSettings())
+    changes = {k: v for k, v in (("k", n_regions), ("restarts", restarts), ("restart_jobs", jobs)) if v is not None}
+    settings.clustering = dataclasses.replace(settings.clustering, **changes)
+    if seed is not None:
+        settings.seed = seed
+    return run_section(adata.copy(), settings, progress=progress)
