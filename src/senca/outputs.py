@@ -17,7 +17,7 @@ import scanpy as sc
 
 from senca import plotting
 from senca.errors import SencaInputError
-from senca.io import write_h5ad
+from senca.io import write_h5ad, write_regions
 from senca.evaluation import markers as find_markers
 from senca.evaluation import name_regions
 from senca.pipeline import LABEL_KEY, REGION_KEY, RunResult, timed
@@ -32,6 +32,8 @@ OUTPUT_FILES = ("regions.csv", "senca.h5ad", "regions.png", "umap.png", "markers
 K_SELECTION_FILE = "k_selection.png"
 # Written only on request (``save_model``): SENCA.save with the section, for SENCA.load(folder).
 MODEL_FOLDER = "model"
+# Written only for a SpatialData input: the regions as a SpatialData table over the same spots.
+SPATIALDATA_STORE = "senca.zarr"
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -137,6 +139,8 @@ def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: st
         write_h5ad(adata, folder / "senca.h5ad")
         if save_model:
             result.model.save(folder / MODEL_FOLDER, save_anndata=True)
+        if "spatialdata" in adata.uns:
+            write_regions(adata, folder / SPATIALDATA_STORE, REGION_KEY)
         metrics = result.metrics
         seconds["total_s"] = time.perf_counter() - result.started
         write_report(folder / "report.html", title, metrics, figures, markers, _region_table(adata), config_text, names)

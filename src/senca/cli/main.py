@@ -59,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="find regions in a section", description=(
-        "Run senca on one section: a HER2ST-layout folder (with --sample), a Space Ranger folder or an .h5ad file. "
+        "Run senca on one section: a HER2ST-layout folder (with --sample), a Space Ranger folder (or its run folder "
+        "or .h5 file), an .h5ad file or a SpatialData .zarr store. "
         "Settings come from the defaults, then --config, then the flags."))
     run.add_argument("input", type=Path, nargs="?", default=None,
-                     help="HER2ST-layout folder, Space Ranger output folder or .h5ad file (default: [input] path of --config)")
+                     help="HER2ST-layout folder, Space Ranger output folder, .h5ad file or SpatialData .zarr store "
+                          "(default: [input] path of --config)")
     _add_common(run)
-    run.add_argument("--format", choices=["her2st", "visium", "h5ad"], default=None, help="input format (default: detected)")
+    run.add_argument("--format", choices=["her2st", "visium", "h5ad", "spatialdata"], default=None, help="input format (default: detected)")
     run.add_argument("--sample", default=None, help="section of a HER2ST-layout folder, e.g. A1")
     run.add_argument("--image", type=Path, default=None, help="H&E image of a legacy ST section")
     run.add_argument("--image-scale", type=float, default=None,

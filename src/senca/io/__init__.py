@@ -10,17 +10,32 @@ from senca.errors import SencaInputError
 from senca.io.h5ad import read_h5ad, validate_adata, write_h5ad
 from senca.io.image import attach_image, read_image
 from senca.io.labels import read_labels
+from senca.io.spatialdata import is_spatialdata, read_spatialdata, write_regions
 from senca.io.st import her2st_samples, read_her2st, read_st
 from senca.io.visium import matrix_source, read_10x_h5, read_10x_mtx, read_visium
 
-FORMATS = ("her2st", "visium", "h5ad")
+FORMATS = ("her2st", "visium", "h5ad", "spatialdata")
+
+
+def space_ranger_folder(path: str | Path) -> Path:
+    """The folder holding a Space Ranger section's counts: ``path`` itself, its ``outs/`` (a run
+    folder), or, for the ``.h5`` matrix file itself, the folder it is in."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".h5":
+        return path.parent
+    if path.is_dir() and matrix_source(path) is None and (path / "outs").is_dir():
+        return path / "outs"
+    return path
 
 
 def detect_format(path: str | Path) -> str:
-    """Name the input format of ``path``: ``"her2st"``, ``"visium"`` or ``"h5ad"``."""
+    """Name the input format of ``path``: ``"her2st"``, ``"visium"``, ``"h5ad"`` or ``"spatialdata"``."""
     path = Path(path)
     if path.is_file() and path.suffix == ".h5ad":
         return "h5ad"
+    if is_spatialdata(path):
+        return "spatialdata"
+    path = space_ranger_folder(path)
     if path.is_dir() and (path / "ST-cnts").is_dir():
         return "her2st"
     if path.is_dir() and matrix_source(path) is not None:
@@ -28,8 +43,9 @@ def detect_format(path: str | Path) -> str:
     if not path.exists():
         raise SencaInputError(f"{path}: input not found")
     raise SencaInputError(
-        f"{path}: cannot tell the input format; expected an .h5ad file, a HER2ST-layout folder "
-        "(with ST-cnts/) or a Space Ranger folder (with filtered_feature_bc_matrix.h5 or filtered_feature_bc_matrix/)"
+        f"{path}: cannot tell the input format; expected an .h5ad file, a SpatialData .zarr store, a HER2ST-layout "
+        "folder (with ST-cnts/) or a Space Ranger folder (with filtered_feature_bc_matrix.h5 or "
+        "filtered_feature_bc_matrix/), its run folder (with outs/) or its .h5 file"
     )
 
 
@@ -71,7 +87,10 @@ def read(
             raise SencaInputError(f"{path}: a HER2ST-layout folder holds several sections; name one (samples: {', '.join(her2st_samples(path))})")
         adata = read_her2st(path, sample, image=image, image_scale=image_scale, labels=labels if labels else True)
         return adata
-    adata = read_visium(path) if format == "visium" else read_h5ad(path)
+    if format == "visium":
+        adata = read_visium(space_ranger_folder(path))
+    else:
+        adata = read_h5ad(path) if format == "h5ad" else read_spatialdata(path)
     if labels is not None:
         read_labels(adata, labels)
     return adata
@@ -79,5 +98,6 @@ def read(
 
 __all__ = [
     "FORMATS", "attach_image", "detect_format", "her2st_samples", "matrix_source", "read", "read_10x_h5", "read_h5ad",
-    "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_st", "read_visium", "validate_adata", "write_h5ad",
+    "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_spatialdata", "read_st", "read_visium",
+    "space_ranger_folder", "validate_adata", "write_h5ad", "write_regions",
 ]
