@@ -69,7 +69,7 @@ def highly_variable_genes(adata: ad.AnnData, n_top_genes: int = 3000) -> None:
 
 
 def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True) -> None:
-    """PCA of the highly variable genes into ``obsm["X_pca"]``.
+    """PCA of the highly variable genes into ``obsm["X_pca"]`` and the loadings into ``varm["PCs"]``.
 
     Genes are centred and, with ``scale``, scaled to unit variance (clipped at 10) first.
     ``n_comps`` is capped at ``min(n_spots, n_genes) - 1``.
@@ -85,7 +85,12 @@ def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True
     n_comps = min(n_comps, min(data.shape) - 1)
     model = PCA(n_components=n_comps, svd_solver="randomized" if n_comps < min(data.shape) // 2 else "full", random_state=seed)
     adata.obsm["X_pca"] = model.fit_transform(data).astype(np.float32)
-    adata.uns["pca"] = {"variance_ratio": model.explained_variance_ratio_, "n_comps": n_comps, "scaled": scale}
+    adata.uns["pca"] = {"variance_ratio": model.explained_variance_ratio_, "variance": model.explained_variance_,
+                        "n_comps": n_comps, "scaled": scale}
+    # Loadings as scanpy keeps them (zero for genes outside the HVGs), e.g. for sc.pl.pca_loadings.
+    loadings = np.zeros((adata.n_vars, n_comps), dtype=np.float32)
+    loadings[genes] = model.components_.T
+    adata.varm["PCs"] = loadings
 
 
 def preprocess(
