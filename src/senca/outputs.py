@@ -108,8 +108,8 @@ def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: st
     regions = pd.DataFrame({
         "spot": adata.obs_names, "x": xy[:, 0], "y": xy[:, 1],
         "region": adata.obs[REGION_KEY].astype(str).to_numpy(),
-        "name": adata.obs[f"{REGION_KEY}_name"].astype(str).to_numpy(),
         "confidence": adata.obs[f"{REGION_KEY}_confidence"].to_numpy(),
+        "name": adata.obs[f"{REGION_KEY}_name"].astype(str).to_numpy(),
     })
     if LABEL_KEY in adata.obs:
         regions["label"] = adata.obs[LABEL_KEY].astype("string").to_numpy()
