@@ -176,6 +176,27 @@ def test_squidpy_spatial_scatter_draws_sencas_colours(cli_run):
     plt.close("all")
 
 
+def test_without_labels_k_is_chosen_once_and_its_curve_drawn(tmp_path):
+    from senca.cli.commands import scale_epochs
+    from senca.outputs import write_outputs
+    from senca.pipeline import run_section
+
+    settings = RunSettings()
+    scale_epochs(settings, 6)
+    settings.clustering.restarts = 1
+    sim = simulate_tissue(n_spots=200, seed=2)
+    del sim.obs["label"]
+    result = run_section(sim, settings, progress=False)
+    info = result.adata.uns["senca_region"]
+    selection = info["k_selection"]
+    assert selection["k"] == result.model.n_regions == info["restart_k"][0] and K_RANGE[0] <= selection["k"] <= K_RANGE[1]
+    assert result.metrics["n_regions"] <= selection["k"]  # refinement may empty a region, never add one
+    assert result.adata.obs["senca_region_name"].astype(str).tolist() == result.adata.obs["senca_region"].astype(str).tolist()
+    write_outputs(result, settings, tmp_path / "out", title="no labels")
+    assert (tmp_path / "out" / "k_selection.png").is_file()
+    assert 'data-file="k_selection.png"' in (tmp_path / "out" / "report.html").read_text()
+
+
 # ------------------------------------------------------------------ images without texture
 
 

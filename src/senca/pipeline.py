@@ -260,20 +260,24 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
     with timed("training", timings):
         trained = _train_restarts(adata, config, seeds, patches, image_features, settings.device, jobs, progress)
     runs = []
+    chosen = [model.n_regions for model, _ in trained]
+    # Without k, each restart's region stage chooses its own (select_k); they may differ by one
+    # or two, so every restart is clustered with their median, and the consensus combines
+    # clusterings of one k. Without a region stage the clustering chooses.
+    k_used = k if k is not None or None in chosen else sorted(chosen)[len(chosen) // 2]
+    selection = next((m.k_selection for m, _ in trained if m.n_regions == k_used and m.k_selection), None)
     with timed("clustering", timings):
         for seed, (model, embedding) in zip(seeds, trained):
             adata.obsm["X_senca"] = embedding
-            # The model's own number of regions (chosen once, at its region stage, when k is None).
-            cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=model.n_regions,
+            cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=k_used,
                     refine=settings.clustering.refine, scale=settings.clustering.scale, seed=seed,
                     key_added=REGION_KEY)
-            # How k was chosen: by the model's region stage, else here by the clustering.
-            curve = adata.uns[REGION_KEY]["bic"]
-            selection = model.k_selection or (None if k is not None or model.n_regions is not None else
-                                              {"k": adata.uns[REGION_KEY]["n_clusters"], "ks": [int(v) for v in curve],
-                                               "bic": list(curve.values()), "criterion": "elbow of the tied-GMM BIC"})
+            if k_used is None and selection is None:
+                curve = adata.uns[REGION_KEY]["bic"]
+                selection = {"k": adata.uns[REGION_KEY]["n_clusters"], "ks": [int(v) for v in curve],
+                             "bic": list(curve.values()), "criterion": "elbow of the tied-GMM BIC"}
             runs.append((model, embedding, adata.obs[REGION_KEY].astype(str).to_numpy(),
-                         adata.obs[f"{REGION_KEY}_confidence"].to_numpy(), selection))
+                         adata.obs[f"{REGION_KEY}_confidence"].to_numpy()))
         consensus = consensus_labels([r[2] for r in runs], [r[3] for r in runs])
     model, adata.obsm["X_senca"] = runs[consensus.reference][0], runs[consensus.reference][1]
     adata.obs[REGION_KEY] = pd.Categorical(consensus.labels, categories=sorted(set(consensus.labels), key=_region_order))
@@ -288,10 +292,10 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         "use_rep": "X_senca",
         "restarts": len(runs),
         "seeds": list(seeds),
-        "restart_n_clusters": [int(len(set(r[2]))) for r in runs],
+        "restart_k": [int(c) for c in chosen if c is not None],
         "reference_restart": int(consensus.reference),
         "restart_agreement": None if consensus.agreement is None else float(consensus.agreement),
-        "k_selection": runs[consensus.reference][4],
+        "k_selection": selection,
         "names": names,
     }
     logger.info("regions: %s", ", ".join(f"{n} ({c})" for n, c in adata.obs[f"{REGION_KEY}_name"].value_counts(sort=False).items()))

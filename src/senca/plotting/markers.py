@@ -66,8 +66,8 @@ def marker_dotplot(
     span = mean.max(axis=0) - mean.min(axis=0)
     scaled = (mean - mean.min(axis=0)) / np.where(span > 0, span, 1.0)
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.42 * len(genes) + 0.09 * max(map(len, names.values())) + 2.8),
-                                    max(3.0, 0.45 * len(regions) + 2.4)))
+    width = max(5.0, 0.42 * len(genes) + 0.09 * max(map(len, names.values())) + 3.6)
+    fig, ax = plt.subplots(figsize=(width, max(3.0, 0.45 * len(regions) + 2.4)))
     gx, gy = np.meshgrid(np.arange(len(genes)), np.arange(len(regions)))
     dots = ax.scatter(gx.ravel(), gy.ravel(), s=(frac.ravel() * 14) ** 2 + 2, c=scaled.ravel(), cmap="Reds",
                       vmin=0, vmax=1, edgecolors="#555555", linewidths=0.4)
@@ -82,9 +82,12 @@ def marker_dotplot(
     colourbar.set_label("mean expression (scaled per gene)", fontsize=8)
     for fraction in (0.25, 0.5, 1.0):
         ax.scatter([], [], s=(fraction * 14) ** 2 + 2, c="#bbbbbb", edgecolors="#555555", linewidths=0.4, label=f"{fraction:.0%}")
-    ax.legend(title="spots expressing", loc="upper left", bbox_to_anchor=(1.18, 1.0), frameon=False, fontsize=8, title_fontsize=8, labelspacing=1.1)
+    legend_in = 1.1  # inches kept free on the right for the size legend, beside the colour bar
     ax.set_title(f"top {n_genes} marker genes per region", fontsize=11, pad=34)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - legend_in / width, 1))
+    fig.legend(*ax.get_legend_handles_labels(), title="spots expressing", loc="upper left",
+               bbox_to_anchor=(1 - (legend_in - 0.1) / width, ax.get_position().y1), frameon=False, fontsize=8,
+               title_fontsize=8, labelspacing=1.1)
     return fig
 
 

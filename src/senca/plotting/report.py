@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 _STYLE = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;background:#f6f5f3;color:#222}
@@ -34,6 +35,12 @@ def _img(path: Path, alt: str, narrow: bool = False) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     css = ' class="narrow"' if narrow else ""
     return f'<img{css} src="data:image/png;base64,{data}" alt="{html.escape(alt)}" data-file="{html.escape(path.name)}">'
+
+
+def _single_panel(png: Path) -> bool:
+    """Whether the region figure has one panel (no reference labels): shown narrower, not blown up."""
+    with Image.open(png) as image:
+        return image.width < 1500
 
 
 def _cards(metrics: dict) -> str:
@@ -97,12 +104,12 @@ def write_report(
 <p>SENCA-st embedding of spatial transcriptomics fused with H&amp;E, clustered into regions</p></header>
 <main>
 <section><h2>Summary</h2>{_cards(metrics)}</section>
-<section><h2>Regions over the H&amp;E image</h2>{_img(figures["regions"], "regions over the H&E image")}</section>
+<section><h2>Regions over the H&amp;E image</h2>{_img(figures["regions"], "regions over the H&E image", narrow=_single_panel(figures["regions"]))}</section>
 <div class="grid">
 <section><h2>Embedding (UMAP)</h2>{_img(figures["umap"], "UMAP of the senca embedding")}</section>
-<section><h2>Regions</h2>{region_table.to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}")}</section>
+<section><h2>Regions</h2>{region_table.rename(columns=lambda c: c.replace("_", " ")).to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}")}</section>
 </div>
-<section><h2>Marker genes</h2>{_img(figures["markers"], "marker gene dot plot", narrow=True)}
+<section><h2>Marker genes</h2>{_img(figures["markers"], "marker gene dot plot")}
 <table><tr><th>region</th><th>top 5 marker genes (Wilcoxon, vs all other spots)</th></tr>{marker_rows}</table>
 <p style="font-size:12px;color:#666">Full table: markers.csv. Per-spot regions and confidences: regions.csv. All data: senca.h5ad.</p></section>
 {k_section}
