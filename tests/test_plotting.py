@@ -77,3 +77,23 @@ def test_region_table_names_each_regions_own_majority_label():
     assert table["most common reference label"].tolist() == ["b", "a", "c"]
     assert table["name"].tolist() == ["0: b", "1: a", "2: c"] and table["its share"].tolist() == [1.0, 1.0, 1.0]
     assert table["spots"].tolist() == [2, 2, 2]
+
+
+def test_large_image_is_reduced_before_drawing_and_stays_in_place():
+    height, width = 2400, 2000
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([(xx * 255 // width), (yy * 255 // height), np.full_like(xx, 128)], axis=-1).astype(np.uint8)
+    adata = _section(["a"] * 20 + ["b"] * 20, ["0"] * 20 + ["1"] * 20)
+    adata.obsm["spatial"] = np.random.default_rng(1).uniform(400, 1600, size=(40, 2))
+    adata.uns["spatial"] = {"s": {"images": {"hires": image},
+                                  "scalefactors": {"tissue_hires_scalef": 1.0, "spot_diameter_fullres": 30.0}}}
+    ax = regions(adata).axes[-1]
+    shown = ax.images[0]
+    assert max(shown.get_array().shape[:2]) <= 1000
+    x0, x1, y1, y0 = shown.get_extent()
+    # The crop covers the spots; its colours still follow the gradient where they are drawn.
+    (sx0, sy0), (sx1, sy1) = adata.obsm["spatial"].min(axis=0), adata.obsm["spatial"].max(axis=0)
+    assert x0 < sx0 and x1 > sx1 and y0 < sy0 and y1 > sy1 and x1 - x0 < width
+    array = np.asarray(shown.get_array())
+    col = int((1000 - x0) / (x1 - x0) * array.shape[1])
+    assert abs(int(array[array.shape[0] // 2, col, 0]) - 1000 * 255 // width) <= 3
