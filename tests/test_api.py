@@ -182,7 +182,7 @@ def test_without_labels_k_is_chosen_once_and_its_curve_drawn(tmp_path):
     from senca.pipeline import run_section
 
     settings = RunSettings()
-    scale_epochs(settings, 6)
+    scale_epochs(settings, 15)  # keeps one epoch of the region stage, which chooses k
     settings.clustering.restarts = 1
     sim = simulate_tissue(n_spots=200, seed=2)
     del sim.obs["label"]

@@ -40,7 +40,7 @@ def test_bad_usage_is_exit_2_with_one_line(tmp_path):
     assert out.stderr.strip().count("\n") == 0
     assert "missing: input not found" in out.stderr and "Traceback" not in out.stderr
     out = senca("run", "--out", str(tmp_path / "o"))
-    assert out.returncode == 2 and "required" in out.stderr
+    assert out.returncode == 2 and "no input given" in out.stderr and "--config" in out.stderr
 
 
 def test_her2st_without_sample_and_image_without_scale(capsys):
