@@ -18,7 +18,7 @@ main{max-width:1200px;margin:0 auto;padding:16px 32px 48px}
 section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:16px 20px;margin:16px 0}
 h2{font-size:17px;margin:0 0 12px;color:#4a2545}
 .cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{background:#faf7fa;border:1px solid #eadcea;border-radius:6px;padding:10px 14px;min-width:110px}
+.card{background:#faf7fa;border:1px solid #eadcea;border-radius:6px;padding:10px 12px;min-width:90px}
 .card b{display:block;font-size:20px;color:#4a2545}.card span{font-size:12px;color:#666}
 img{max-width:100%;height:auto;display:block;margin:0 auto}
 img.narrow{max-width:760px}
