@@ -231,9 +231,13 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 @pytest.mark.slow
-def test_readme_python_snippet_runs_as_written(monkeypatch):
+def test_readme_python_snippet_runs_as_written(monkeypatch, tmp_path):
     require(A1_IMAGE)
-    monkeypatch.chdir(ROOT)
+    # The snippet's paths are relative to the repository; run it from a folder beside the data
+    # like the repository, so that what it saves lands in tmp_path.
+    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
     namespace: dict = {}
     blocks = _readme_blocks("python", "## Python API")
     assert len(blocks) == 2
@@ -242,3 +246,4 @@ def test_readme_python_snippet_runs_as_written(monkeypatch):
     result = namespace["result"]
     assert result.metrics["restarts"] == 3 and result.adata.n_obs == 346
     assert "senca_region_name" in result.adata.obs and "X_senca" in result.adata.obsm
+    assert SENCA.load(tmp_path / "repo" / "a1-model").adata.n_obs == 346
