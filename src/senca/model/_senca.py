@@ -167,9 +167,10 @@ class SENCA:
 
     Examples
     --------
-    >>> model = senca.model.SENCA(adata, patches=patches, n_clusters=5)
-    >>> model.train()
-    >>> adata.obsm["X_senca"] = model.get_latent_representation()
+    >>> model = senca.SENCA(adata, patches=patches, n_clusters=5)
+    >>> model.train()  # writes adata.obsm["X_senca"]
+    >>> model.save("model", save_anndata=True)
+    >>> model = senca.SENCA.load("model")  # no AnnData needed
     """
 
     def __init__(
