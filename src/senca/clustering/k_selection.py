@@ -87,7 +87,7 @@ def select_k(x: np.ndarray, k_range: tuple[int, int] = K_RANGE, seed: int = 0, m
     Parameters
     ----------
     x
-        Per-spot representation (standardised per feature here).
+        Per-spot representation (centred and scaled to unit mean variance here).
     k_range
         ``(k_min, k_max)``, inclusive.
     seed
@@ -104,7 +104,11 @@ def select_k(x: np.ndarray, k_range: tuple[int, int] = K_RANGE, seed: int = 0, m
     """
     x = np.asarray(x, dtype=np.float64)
     ks = list(check_k_range(k_range, x.shape[0]))
-    z = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    # One scale for all dimensions (as the model's region stage): per-dimension standardising
+    # would give an embedding's low-variance, uninformative directions the weight of the others
+    # in the k-means starts of EM. It keeps reg_covar relative.
+    z = x - x.mean(axis=0)
+    z /= max(float(np.sqrt(z.var(axis=0).mean())), 1e-12)
     if z.shape[0] > max_spots:
         z = z[np.sort(np.random.default_rng(seed).choice(z.shape[0], size=max_spots, replace=False))]
     bic = []
