@@ -12,11 +12,11 @@ import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scanpy as sc
 
 from senca import plotting
 from senca.errors import SencaInputError
 from senca.evaluation import markers as find_markers
+from senca.layout import umap
 from senca.pipeline import LABEL_KEY, REGION_KEY, RunResult
 from senca.plotting.report import write_report
 from senca.settings import RunSettings, dump_toml
@@ -114,11 +114,13 @@ def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: st
     markers = find_markers(adata, groupby=REGION_KEY, n_genes=10)
     markers.to_csv(folder / "markers.csv", index=False)
 
-    sc.pp.neighbors(adata, use_rep="X_senca", n_neighbors=15, random_state=seed, key_added="senca_neighbors")
-    sc.tl.umap(adata, neighbors_key="senca_neighbors", random_state=seed)
+    umap(adata, use_rep="X_senca", seed=seed)
+    laid_out = adata.uns["umap"]["n_spots_laid_out"]
+    umap_title = "UMAP of the senca embedding" + (
+        f" ({laid_out:,} of {adata.n_obs:,} spots, drawn at random)" if laid_out < adata.n_obs else "")
 
     _save(plotting.regions(adata, REGION_KEY, LABEL_KEY, title=title), folder / "regions.png")
-    _save(plotting.embedding(adata, "X_umap", REGION_KEY, title="UMAP of the senca embedding"), folder / "umap.png")
+    _save(plotting.embedding(adata, "X_umap", REGION_KEY, title=umap_title), folder / "umap.png")
     _save(plotting.marker_dotplot(adata, markers, REGION_KEY, n_genes=3), folder / "markers.png")
 
     metrics = dict(result.metrics)

@@ -205,19 +205,23 @@ def embedding(
 ) -> Figure:
     """Scatter of a 2-D embedding (e.g. UMAP of ``X_senca``) coloured by ``obs[key]``.
 
-    Colours and legend names are those of :func:`regions` (:func:`region_styles`).
+    Colours and legend names are those of :func:`regions` (:func:`region_styles`). Spots
+    without coordinates (``NaN``, e.g. left out of a subsampled UMAP) are not drawn; the
+    legend counts the drawn ones.
     """
     if basis not in adata.obsm:
         raise SencaInputError(f"AnnData: obsm[{basis!r}] is missing; expected a 2-D embedding")
-    values = adata.obs[key].astype("string").fillna("(none)")
+    values = adata.obs[key].astype("string").fillna("(none)").to_numpy()
     categories = _categories(adata.obs[key])
     palette, names = region_styles(adata, key, label_key)
     xy = np.asarray(adata.obsm[basis])[:, :2]
+    drawn = np.isfinite(xy).all(axis=1)
     fig, ax = plt.subplots(figsize=(6.5, 5.2))
-    size = max(4.0, min(40.0, 12000.0 / max(adata.n_obs, 1)))
+    size = max(1.0, min(40.0, 12000.0 / max(int(drawn.sum()), 1)))
     for category in categories:
-        mask = (values == category).to_numpy()
-        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette[category], label=f"{names[category]} ({mask.sum()})", linewidths=0)
+        mask = (values == category) & drawn
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette[category], label=f"{names[category]} ({mask.sum()})",
+                   linewidths=0, rasterized=True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9, markerscale=2.0 / np.sqrt(size) * 3, title=key)
     ax.set_xlabel(f"{basis.removeprefix('X_').upper()} 1")
     ax.set_ylabel(f"{basis.removeprefix('X_').upper()} 2")
