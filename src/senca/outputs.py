@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import anndata as ad
@@ -111,19 +112,27 @@ def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: st
         regions["label"] = adata.obs[LABEL_KEY].astype("string").to_numpy()
     regions.to_csv(folder / "regions.csv", index=False)
 
+    seconds = {}
+    step = time.perf_counter()
     markers = find_markers(adata, groupby=REGION_KEY, n_genes=10)
     markers.to_csv(folder / "markers.csv", index=False)
+    seconds["markers_s"] = time.perf_counter() - step
 
+    step = time.perf_counter()
     umap(adata, use_rep="X_senca", seed=seed)
+    seconds["umap_s"] = time.perf_counter() - step
     laid_out = adata.uns["umap"]["n_spots_laid_out"]
     umap_title = "UMAP of the senca embedding" + (
         f" ({laid_out:,} of {adata.n_obs:,} spots, drawn at random)" if laid_out < adata.n_obs else "")
 
+    step = time.perf_counter()
     _save(plotting.regions(adata, REGION_KEY, LABEL_KEY, title=title), folder / "regions.png")
     _save(plotting.embedding(adata, "X_umap", REGION_KEY, title=umap_title), folder / "umap.png")
     _save(plotting.marker_dotplot(adata, markers, REGION_KEY, n_genes=3), folder / "markers.png")
+    seconds["plots_s"] = time.perf_counter() - step
 
     metrics = dict(result.metrics)
+    metrics["seconds"] = {**metrics.get("seconds", {}), **{k: round(v, 2) for k, v in seconds.items()}}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     config_text = dump_toml(settings.to_dict())
     (folder / "config.toml").write_text(config_text)

@@ -1,4 +1,4 @@
-"""UMAP layout of a per-spot representation, in NumPy and scikit-learn alone.
+"""UMAP layout of a per-spot representation, in NumPy and scikit-learn alone (``senca.tl.umap``).
 
 scanpy's ``sc.pp.neighbors`` + ``sc.tl.umap`` go through pynndescent and umap-learn: numba
 compiles their kernels on the first call of a fresh install, and pynndescent (used from 8,192
@@ -70,29 +70,28 @@ def _optimise(y: np.ndarray, graph: sp.coo_matrix, a: float, b: float, n_epochs:
     All sampled edges of an epoch move their endpoints at once (umap-learn moves them one
     after another); the gradients and their clipping are umap-learn's.
     """
-    head, tail, weight = graph.row, graph.col, graph.data / graph.data.max()
+    head, tail, weight = graph.row, graph.col, (graph.data / graph.data.max()).astype(np.float32)
     n = y.shape[0]
+    y = y.astype(np.float32)
     for epoch in tqdm(range(n_epochs), desc="UMAP", leave=False, disable=not show_progress):
-        rate = 1.0 - epoch / n_epochs
-        pick = rng.random(weight.size) < weight
+        pick = rng.random(weight.size, dtype=np.float32) < weight
         i, j = head[pick], tail[pick]
         diff = y[i] - y[j]
-        d2 = (diff * diff).sum(axis=1)
-        coef = np.where(d2 > 0, -2.0 * a * b * np.power(d2, b - 1.0, where=d2 > 0, out=np.zeros_like(d2))
-                        / (1.0 + a * np.power(d2, b)), 0.0)
-        attract = np.clip(coef[:, None] * diff, -_CLIP, _CLIP)
-        # Negative samples: random spots pushed away from each sampled head.
+        d2 = np.maximum((diff * diff).sum(axis=1), 1e-12)
+        d2b = d2 ** b
+        attract = np.clip((-2.0 * a * b * d2b / d2 / (1.0 + a * d2b))[:, None] * diff, -_CLIP, _CLIP)
+        # Negative samples: random spots pushed away from each sampled head (never itself).
         neg_i = np.repeat(i, _NEGATIVES)
         neg_k = rng.integers(0, n, neg_i.size)
         diff_n = y[neg_i] - y[neg_k]
         d2_n = (diff_n * diff_n).sum(axis=1)
-        coef_n = 2.0 * b / ((0.001 + d2_n) * (1.0 + a * np.power(d2_n, b)))
-        repel = np.where((neg_i != neg_k)[:, None], np.clip(coef_n[:, None] * diff_n, -_CLIP, _CLIP), 0.0)
-        step = np.empty_like(y)
+        coef_n = np.where(neg_i != neg_k, 2.0 * b / ((0.001 + d2_n) * (1.0 + a * d2_n ** b)), 0.0)
+        repel = np.clip(coef_n[:, None] * diff_n, -_CLIP, _CLIP)
+        targets = np.concatenate([i, j, neg_i])
+        moves = np.concatenate([attract, -attract, repel])
+        rate = 1.0 - epoch / n_epochs
         for dim in range(y.shape[1]):
-            step[:, dim] = (np.bincount(i, attract[:, dim], n) - np.bincount(j, attract[:, dim], n)
-                            + np.bincount(neg_i, repel[:, dim], n))
-        y += rate * step
+            y[:, dim] += rate * np.bincount(targets, moves[:, dim], n).astype(np.float32)
     return y
 
 
@@ -117,7 +116,7 @@ def umap_layout(x: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.5, spr
     start = PCA(n_components=2, random_state=seed).fit_transform(x) if x.shape[1] >= 2 else np.c_[x, np.zeros(n)]
     start = 10.0 * start / max(float(np.abs(start).max()), 1e-12)
     a, b = _curve_ab(spread, min_dist)
-    n_epochs = n_epochs if n_epochs is not None else (500 if n <= 10_000 else 200)
+    n_epochs = n_epochs if n_epochs is not None else 200
     return _optimise(start, graph, a, b, n_epochs, rng, show_progress).astype(np.float32)
 
 
