@@ -103,3 +103,65 @@ def test_pca_above_max_fit_spots_projects_every_spot():
     # The leading PCs (the group structure) are the same up to sign.
     for i in range(2):
         assert abs(np.corrcoef(adata.obsm["X_pca"][:, i], full.obsm["X_pca"][:, i])[0, 1]) > 0.99
+
+
+def test_resnet_features_cost_one_full_pass(monkeypatch):
+    """BatchNorm re-estimation reads at most _RECALIBRATION_MAX_SPOTS patches; the features one pass of all."""
+    import torch
+
+    from senca.model import SENCA
+    from senca.model.resnet import ResNet
+    from senca.training import trainer
+
+    from test_model import FAST, grid_adata
+
+    a = grid_adata(side=12)
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 255, (a.n_obs, 3, 16, 16)).astype(np.uint8)
+    seen = []
+    original = ResNet.forward_texture
+
+    def counting(self, x):
+        seen.append(x.shape[0])
+        return original(self, x)
+
+    monkeypatch.setattr(ResNet, "forward_texture", counting)
+    monkeypatch.setattr(trainer, "_RECALIBRATION_MAX_SPOTS", 50)
+    torch.set_num_threads(1)
+    model = SENCA(a, patches=patches, device="cpu", **{**FAST, "epochs_warmup": 1, "epochs_shared": 1, "epochs_regions": 0})
+    model.train(progress_bar=False)
+    assert sum(seen) == 50 + a.n_obs  # the re-estimation on a subsample, then every patch once
+    assert model.data.image_features.shape[0] == a.n_obs
+
+
+def _pillow_patch(image, background, cx, cy, half, patch_px):
+    """One patch as senca cut it before, spot by spot with Pillow."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    side = int(round(2 * half))
+    x0, y0 = int(round(cx - half)), int(round(cy - half))
+    crop = np.empty((side, side, 3), dtype=np.uint8)
+    crop[:] = background
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+    if sx1 > sx0 and sy1 > sy0:
+        crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1, :3]
+    resample = Image.Resampling.BILINEAR if side < patch_px else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(crop).resize((patch_px, patch_px), resample)).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("patch_px", [16, 24, 32, 64])
+def test_vectorised_patches_equal_pillow_pixel_for_pixel(patch_px):
+    from senca.image import extract_patches
+    from senca.image.patches import _background_colour, section_image
+
+    adata = simulate_tissue(n_spots=300, n_genes=400, seed=2)
+    adata.obsm["spatial"][:2] = [[-50.0, 30.0], [1e7, 1e7]]  # one spot half off the image, one far outside
+    patches = extract_patches(adata, patch_px=patch_px, show_progress=False)
+    image, scale, diameter = section_image(adata)
+    half = 2.0 * diameter * scale / 2.0
+    background = _background_colour(image)
+    for i in (0, 1, 2, 150, 299):
+        cx, cy = adata.obsm["spatial"][i] * scale
+        np.testing.assert_array_equal(patches[i], _pillow_patch(image, background, cx, cy, half, patch_px))
+    assert (patches[1] == background[:, None, None]).all()
