@@ -165,3 +165,62 @@ def test_vectorised_patches_equal_pillow_pixel_for_pixel(patch_px):
         cx, cy = adata.obsm["spatial"][i] * scale
         np.testing.assert_array_equal(patches[i], _pillow_patch(image, background, cx, cy, half, patch_px))
     assert (patches[1] == background[:, None, None]).all()
+
+
+def test_gmm_fitted_on_a_subsample_labels_every_spot_as_the_full_fit():
+    from sklearn.datasets import make_blobs
+    from sklearn.metrics import adjusted_rand_score
+
+    from senca.clustering import fit_gmm
+
+    x, y = make_blobs(n_samples=3000, centers=4, n_features=6, cluster_std=2.0, random_state=0)
+    sub = fit_gmm(x, 4, n_init=3, fit_max_spots=400, seed=0)
+    full = fit_gmm(x, 4, n_init=3, fit_max_spots=None, seed=0)
+    assert len(sub.labels) == 3000
+    assert adjusted_rand_score(sub.labels, full.labels) > 0.99
+    # The final EM ran on all spots: its means are the full fit's, not the subsample's.
+    np.testing.assert_allclose(np.sort(sub.centers, axis=0), np.sort(full.centers, axis=0), atol=0.05)
+
+
+def test_markers_on_a_subsample_keep_every_region_and_the_top_markers():
+    import anndata as ad
+
+    from senca.evaluation import markers
+
+    rng = np.random.default_rng(0)
+    regions = np.repeat(["a", "b", "c"], [3000, 800, 40])
+    x = rng.poisson(1.0, size=(regions.size, 30)).astype(float)
+    x[regions == "a", 0] += 5
+    x[regions == "b", 1] += 5
+    x[regions == "c", 2] += 5
+    adata = ad.AnnData(sparse.csr_matrix(np.log1p(x)))
+    adata.var_names = [f"g{i}" for i in range(30)]
+    adata.obs["region"] = pd.Categorical(regions)
+    sub = markers(adata, "region", n_genes=3, max_spots=1000)
+    full = markers(adata, "region", n_genes=3, max_spots=None)
+    top = lambda table: table[table["rank"] == 1].set_index("region")["gene"].to_dict()  # noqa: E731
+    assert top(sub) == top(full) == {"a": "g0", "b": "g1", "c": "g2"}
+    # Fewer spots tested: smaller rank-sum scores than on all spots.
+    assert sub[sub["rank"] == 1]["score"].abs().sum() < full[full["rank"] == 1]["score"].abs().sum()
+
+
+def test_region_map_painted_above_the_raster_threshold(monkeypatch):
+    import anndata as ad
+    import matplotlib
+
+    from senca.plotting import spatial
+
+    side = 60
+    yy, xx = np.divmod(np.arange(side * side), side)
+    adata = ad.AnnData(np.zeros((side * side, 1), np.float32))
+    adata.obsm["spatial"] = np.c_[xx, yy].astype(float)
+    adata.obs["senca_region"] = pd.Categorical(np.where(xx < side // 2, "0", "1"))
+    monkeypatch.setattr(spatial, "_RASTER_MIN_SPOTS", 100)
+    fig = spatial.regions(adata, label_key=None)
+    ax = fig.axes[0]
+    assert not ax.collections  # no markers: one image
+    raster = ax.images[-1].get_array()
+    palette = spatial.region_palette(["0", "1"])
+    painted = raster[raster[..., 3] > 0][:, :3]
+    for region in ("0", "1"):  # both regions' colours are there
+        assert np.isclose(painted, matplotlib.colors.to_rgb(palette[region])).all(axis=1).any()

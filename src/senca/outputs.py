@@ -114,7 +114,7 @@ def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: st
 
     seconds = {}
     step = time.perf_counter()
-    markers = find_markers(adata, groupby=REGION_KEY, n_genes=10)
+    markers = find_markers(adata, groupby=REGION_KEY, n_genes=10, seed=seed)
     markers.to_csv(folder / "markers.csv", index=False)
     seconds["markers_s"] = time.perf_counter() - step
 
