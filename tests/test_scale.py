@@ -224,3 +224,26 @@ def test_region_map_painted_above_the_raster_threshold(monkeypatch):
     painted = raster[raster[..., 3] > 0][:, :3]
     for region in ("0", "1"):  # both regions' colours are there
         assert np.isclose(painted, matplotlib.colors.to_rgb(palette[region])).all(axis=1).any()
+
+
+def test_umap_separates_groups_is_deterministic_and_subsamples():
+    import anndata as ad
+    from sklearn.datasets import make_blobs
+    from sklearn.metrics import silhouette_score
+
+    from senca.tl import umap
+
+    x, y = make_blobs(n_samples=600, centers=4, n_features=10, cluster_std=2.0, random_state=0)
+    adata = ad.AnnData(np.zeros((600, 1), np.float32))
+    adata.obsm["X_senca"] = x
+    umap(adata, seed=0)
+    first = adata.obsm["X_umap"].copy()
+    assert first.shape == (600, 2) and np.isfinite(first).all()
+    assert silhouette_score(first, y) > 0.6
+    umap(adata, seed=0)
+    np.testing.assert_array_equal(adata.obsm["X_umap"], first)
+    umap(adata, seed=0, max_spots=250)
+    laid_out = np.isfinite(adata.obsm["X_umap"]).all(axis=1)
+    assert laid_out.sum() == 250 == adata.uns["umap"]["n_spots_laid_out"]
+    assert np.isnan(adata.obsm["X_umap"][~laid_out]).all()
+    assert silhouette_score(adata.obsm["X_umap"][laid_out], y[laid_out]) > 0.6

@@ -55,17 +55,24 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
-    """A copy whose ``uns`` holds only what h5ad can store (no tuples, no None)."""
+def _write_h5ad(adata: ad.AnnData, path: Path) -> None:
+    """Write ``adata`` with a ``uns`` that h5ad can store (no tuples, no None), without copying the data.
+
+    A copy of the whole AnnData would double the memory of a large section at its last step;
+    only ``uns`` is swapped, and put back.
+    """
     def clean(value):
         if isinstance(value, dict):
             return {str(k): clean(v) for k, v in value.items() if v is not None}
         if isinstance(value, tuple):
             return list(value)
         return value
-    out = adata.copy()
-    out.uns = clean(dict(out.uns))
-    return out
+    original = adata.uns
+    adata.uns = clean(dict(original))
+    try:
+        adata.write_h5ad(path, compression="gzip")
+    finally:
+        adata.uns = original
 
 
 def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: str, force: bool = False) -> Path:
@@ -136,7 +143,7 @@ def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: st
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     config_text = dump_toml(settings.to_dict())
     (folder / "config.toml").write_text(config_text)
-    _h5ad_safe(adata).write_h5ad(folder / "senca.h5ad", compression="gzip")
+    _write_h5ad(adata, folder / "senca.h5ad")
 
     write_report(folder / "report.html", title, metrics,
                  {"regions": folder / "regions.png", "umap": folder / "umap.png", "markers": folder / "markers.png"},
