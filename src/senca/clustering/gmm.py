@@ -125,7 +125,7 @@ def fit_gmm(
     n_init: int = 10,
     reg_covar: float = 1e-4,
     max_iter: int = 300,
-    fit_max_spots: int | None = 20000,
+    fit_max_spots: int | None = 10_000,
     seed: int = 0,
 ) -> ClusterResult:
     """Cluster rows of ``x`` with a tied-covariance (mclust EEE) Gaussian mixture.

@@ -125,7 +125,7 @@ def umap(
     use_rep: str = "X_senca",
     n_neighbors: int = 15,
     min_dist: float = 0.5,
-    max_spots: int | None = 20_000,
+    max_spots: int | None = 10_000,
     seed: int = 0,
     key_added: str = "X_umap",
     show_progress: bool = False,
