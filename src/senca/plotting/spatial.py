@@ -19,6 +19,8 @@ from senca.errors import SencaInputError
 logger = logging.getLogger(__name__)
 
 _IGNORED_LABELS = ("undetermined",)
+# Longest side (pixels) of the part of the H&E image drawn under a region map.
+_IMAGE_MAX_SIDE = 2000
 # Above this many spots, region maps are painted as one image instead of one marker per spot.
 _RASTER_MIN_SPOTS = 100_000
 
@@ -123,6 +125,22 @@ def region_styles(adata: ad.AnnData, key: str, label_key: str | None = "label") 
     return region_palette(categories), {c: c for c in categories}
 
 
+def _draw_image(ax, image: np.ndarray, window: tuple[float, float, float, float]) -> None:
+    """The part of the image inside ``window``, every ``stride``-th pixel so that about
+    ``_IMAGE_MAX_SIDE`` remain: resampling a whole slide-sized image at drawing time took
+    minutes and gigabytes, for a panel a thousand pixels wide."""
+    x0, x1, y0, y1 = window
+    height, width = image.shape[:2]
+    c0, c1 = max(int(np.floor(x0)), 0), min(int(np.ceil(x1)) + 1, width)
+    r0, r1 = max(int(np.floor(y0)), 0), min(int(np.ceil(y1)) + 1, height)
+    if c1 <= c0 or r1 <= r0:
+        return
+    stride = max(1, max(c1 - c0, r1 - r0) // _IMAGE_MAX_SIDE)
+    part = image[r0:r1:stride, c0:c1:stride]
+    extent = (c0 - 0.5, c0 + part.shape[1] * stride - 0.5, r0 + part.shape[0] * stride - 0.5, r0 - 0.5)
+    ax.imshow(part, interpolation="lanczos", extent=extent)
+
+
 def _paint_spots(ax, xy: np.ndarray, labels: np.ndarray, categories: list[str], palette: dict[str, str],
                  diameter: float, alpha: float) -> None:
     """Spots painted into one RGBA image at the axes' pixel resolution, in O(spots).
@@ -163,7 +181,7 @@ def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, layout, palett
     names = names or {}
     image, xy, diameter, (x0, x1, y0, y1) = layout
     if image is not None:
-        ax.imshow(image, interpolation="lanczos")
+        _draw_image(ax, image, (x0, x1, y0, y1))
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)  # image convention: y grows downwards
     ax.set_aspect("equal")
