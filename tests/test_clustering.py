@@ -103,7 +103,7 @@ def test_gmm_scale_modes_recover_blobs(scale):
 
 def test_gmm_k_search_on_subsample_still_labels_all_spots():
     adata, y = blobs_adata(n=400, centers=3)
-    res = fit_gmm(adata.obsm["X_senca"], None, k_range=(2, 5), seed=0)
+    res = fit_gmm(adata.obsm["X_senca"], None, k_range=(2, 5), fit_max_spots=120, seed=0)
     assert res.n_clusters == 3
     assert len(res.labels) == 400
     assert adjusted_rand_score(y, res.labels) == pytest.approx(1.0)

@@ -13,13 +13,13 @@ import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scanpy as sc
 
 from senca import plotting
 from senca.errors import SencaInputError
 from senca.io import write_h5ad, write_regions
 from senca.evaluation import markers as find_markers
 from senca.evaluation import name_regions
+from senca.layout import umap
 from senca.pipeline import LABEL_KEY, REGION_KEY, RunResult, timed
 from senca.plotting.report import write_report
 from senca.settings import RunSettings, dump_toml
@@ -116,16 +116,18 @@ def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: st
     regions.to_csv(folder / "regions.csv", index=False)
 
     with timed("markers", seconds):
-        markers = find_markers(adata, groupby=REGION_KEY, n_genes=10)
+        markers = find_markers(adata, groupby=REGION_KEY, n_genes=10, seed=seed)
         markers.to_csv(folder / "markers.csv", index=False)
     with timed("UMAP", seconds):
-        sc.pp.neighbors(adata, use_rep="X_senca", n_neighbors=15, random_state=seed, key_added="senca_neighbors")
-        sc.tl.umap(adata, neighbors_key="senca_neighbors", random_state=seed)
+        umap(adata, use_rep="X_senca", seed=seed)
+    laid_out = adata.uns["umap"]["n_spots_laid_out"]
+    umap_title = "UMAP of the senca embedding" + (
+        f" ({laid_out:,} of {adata.n_obs:,} spots, drawn at random)" if laid_out < adata.n_obs else "")
 
     palette, names = plotting.region_styles(adata, REGION_KEY, LABEL_KEY)
     with timed("plots", seconds):
         _save(plotting.regions(adata, REGION_KEY, LABEL_KEY, title=title), folder / "regions.png")
-        _save(plotting.embedding(adata, "X_umap", REGION_KEY, title="UMAP of the senca embedding"), folder / "umap.png")
+        _save(plotting.embedding(adata, "X_umap", REGION_KEY, title=umap_title), folder / "umap.png")
         _save(plotting.marker_dotplot(adata, markers, REGION_KEY, n_genes=3, names=names), folder / "markers.png")
         figures = {"regions": folder / "regions.png", "umap": folder / "umap.png", "markers": folder / "markers.png"}
         selection = adata.uns.get(REGION_KEY, {}).get("k_selection")

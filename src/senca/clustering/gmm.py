@@ -72,15 +72,20 @@ def scale_features(x: np.ndarray, scale: ScaleMode = "standardize") -> np.ndarra
 
 
 def _fit_one(
-    z: np.ndarray, k: int, n_init: int, reg_covar: float, max_iter: int, seed: int
+    z: np.ndarray, k: int, n_init: int, reg_covar: float, max_iter: int, seed: int,
+    start: GaussianMixture | None = None,
 ) -> GaussianMixture:
+    """Tied-covariance mixture on ``z``: ``n_init`` k-means starts, or one EM run from ``start``'s parameters."""
+    init = {} if start is None else dict(
+        weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_)
     model = GaussianMixture(
         n_components=k,
         covariance_type="tied",
-        n_init=n_init,
+        n_init=n_init if start is None else 1,
         reg_covar=reg_covar,
         max_iter=max_iter,
         random_state=seed,
+        **init,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -104,6 +109,7 @@ def fit_gmm(
     n_init: int = 10,
     reg_covar: float = 1e-4,
     max_iter: int = 300,
+    fit_max_spots: int | None = 10_000,
     seed: int = 0,
 ) -> ClusterResult:
     """Cluster rows of ``x`` with a tied-covariance (mclust EEE) Gaussian mixture.
@@ -132,6 +138,11 @@ def fit_gmm(
         singular covariances (collinear embedding dimensions) without visibly biasing the fit.
     max_iter
         Maximum EM iterations per restart.
+    fit_max_spots
+        For larger sections the mixture is fitted on a random subsample of this many spots
+        (drawn with ``seed``): the BIC search over ``k`` and the ``n_init`` restarts; then one
+        EM run on all spots, started from that fit, settles it (a few iterations), so the cost
+        of the restarts stops growing with the section. ``None``: everything on all spots.
     seed
         Random state for the initialisations.
 
@@ -147,14 +158,21 @@ def fit_gmm(
     n = x.shape[0]
     z = scale_features(x, scale)
     bic: dict[str, float] = {}
+    subsample = fit_max_spots is not None and n > fit_max_spots
+    z_fit = z
+    if subsample:
+        z_fit = z[np.sort(np.random.default_rng(seed).choice(n, size=fit_max_spots, replace=False))]
+        logger.info("GMM (EEE): fitted on %d of %d spots, then refined by EM on all", fit_max_spots, n)
     if n_clusters is None:
         selection = select_k(x, k_range, seed=seed)
         bic = {str(k): value for k, value in zip(selection.ks, selection.bic)}
-        model = _fit_one(z, selection.k, n_init, reg_covar, max_iter, seed)
+        model = _fit_one(z_fit, selection.k, n_init, reg_covar, max_iter, seed)
     else:
         k = check_n_clusters(n_clusters, n)
-        model = _fit_one(z, k, n_init, reg_covar, max_iter, seed)
-        bic[str(k)] = float(model.bic(z))
+        model = _fit_one(z_fit, k, n_init, reg_covar, max_iter, seed)
+        bic[str(k)] = float(model.bic(z_fit))
+    if subsample:
+        model = _fit_one(z, model.n_components, n_init, reg_covar, max_iter, seed, start=model)
 
     resp = model.predict_proba(z)
     raw = resp.argmax(axis=1)

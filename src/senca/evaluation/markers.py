@@ -14,6 +14,8 @@ from senca.errors import SencaInputError
 
 logger = logging.getLogger(__name__)
 
+_MIN_SPOTS_PER_REGION = 500
+
 MARKER_COLUMNS = [
     "region", "rank", "gene", "score", "logfoldchange", "pval_adj", "pct_in", "pct_out"
 ]
@@ -41,11 +43,24 @@ def _looks_like_counts(matrix: object) -> bool:
     return values.size > 0 and bool(np.all(values == np.round(values))) and values.max() > 20
 
 
+def _stratified_rows(regions: np.ndarray, max_spots: int, seed: int) -> np.ndarray:
+    """Sorted rows of a random subsample: each region its share of ``max_spots``, at least ``min(size, 500)``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for region in np.unique(regions):
+        members = np.flatnonzero(regions == region)
+        take = min(members.size, max(int(round(max_spots * members.size / regions.size)), _MIN_SPOTS_PER_REGION))
+        rows.append(rng.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(rows))
+
+
 def markers(
     adata: AnnData,
     groupby: str = "senca_region",
     n_genes: int = 10,
     layer: str | None = None,
+    max_spots: int | None = 20_000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Top marker genes of every region against all other spots.
 
@@ -66,6 +81,14 @@ def markers(
         Layer with the log-normalised expression. ``None``: ``layers["lognorm"]`` when present
         (senca's preprocessing puts log-normalised values for ALL genes there, keeping counts
         in ``layers["counts"]``), otherwise ``adata.X``. ``adata.raw`` is not used.
+    max_spots
+        Above this many spots, the test runs on a random subsample of about this many
+        (drawn with ``seed``), each region keeping its share but at least
+        ``min(its size, 500)`` spots: ranking every spot of every gene is what costs, and
+        the top markers of regions that large are settled well before (a message says so).
+        ``None``: all spots.
+    seed
+        Seed of that subsample.
 
     Returns
     -------
@@ -97,6 +120,10 @@ def markers(
     if not present.all():
         logger.warning("%d spots without a region are left out", int((~present).sum()))
         matrix = matrix[present]
+    if max_spots is not None and len(obs) > max_spots:
+        keep = _stratified_rows(obs["region"].to_numpy(), max_spots, seed)
+        logger.info("marker genes tested on %d of %d spots (a random subsample, every region kept)", keep.size, len(obs))
+        obs, matrix = obs.iloc[keep], matrix[keep]
     sizes = obs["region"].value_counts()
     testable = [g for g in obs["region"].cat.categories if sizes[g] >= 2]
     skipped = [g for g in obs["region"].cat.categories if sizes[g] < 2]

@@ -6,7 +6,6 @@ import logging
 
 import anndata as ad
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from senca.errors import SencaInputError
@@ -45,6 +44,39 @@ def section_image(adata: ad.AnnData, library_id: str | None = None) -> tuple[np.
         if key not in scalefactors:
             raise SencaInputError(f"AnnData: uns['spatial'][{library_id!r}]['scalefactors'][{key!r}] is missing")
     return np.asarray(images[resolution]), float(scalefactors[f"tissue_{resolution}_scalef"]), float(scalefactors["spot_diameter_fullres"])
+
+
+# Pixels per channel (spots x side^2, and spots x patch_px^2) handled at once: small enough to
+# stay in the CPU cache, large enough that NumPy, not Python, does the work.
+_CHUNK_PIXELS = 1 << 18
+# Pillow's fixed-point precision for 8-bit resampling (Resample.c: PRECISION_BITS).
+_PRECISION_BITS = 22
+
+
+def _resample_weights(in_size: int, out_size: int, filter_: str) -> np.ndarray:
+    """Pillow's resampling coefficients from ``in_size`` to ``out_size`` pixels, as an
+    ``out_size x in_size`` matrix of its fixed-point integers (``Resample.c``:
+    ``precompute_coeffs`` and ``normalize_coeffs_8bpc``), so that patches equal
+    ``Image.resize(..., BOX | BILINEAR)`` pixel for pixel."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = (0.5 if filter_ == "box" else 1.0) * filterscale
+    weights = np.zeros((out_size, in_size))
+    for out in range(out_size):
+        centre = (out + 0.5) * scale
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), in_size)
+        x = (np.arange(lo, hi) - centre + 0.5) / filterscale
+        w = ((x > -0.5) & (x <= 0.5)).astype(float) if filter_ == "box" else np.clip(1.0 - np.abs(x), 0.0, None)
+        if w.sum() != 0:
+            w = w / w.sum()
+        weights[out, lo:hi] = np.floor(0.5 + w * (1 << _PRECISION_BITS))
+    return weights
+
+
+def _round_fixed(values: np.ndarray) -> np.ndarray:
+    """Pillow's rounding of a fixed-point sum to 8 bits (exact: the float64 sums are integers < 2^53)."""
+    fixed = (values.astype(np.int64) + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS
+    return np.minimum(fixed, 255, out=fixed).astype(np.uint8)  # the weights are >= 0: no value below 0
 
 
 def _background_colour(image: np.ndarray) -> np.ndarray:
@@ -97,18 +129,24 @@ def extract_patches(
     centres = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
     half = max(patch_spots * diameter * scale / 2.0, 1.0)
     background = _background_colour(image)
-    patches = np.empty((adata.n_obs, 3, patch_px, patch_px), dtype=np.uint8)
     side = int(round(2 * half))
-    for i, (cx, cy) in enumerate(tqdm(centres, desc="H&E patches", disable=not show_progress, leave=False)):
-        x0, y0 = int(round(cx - half)), int(round(cy - half))
-        # Only the crop is copied; the slice of the full image is a view.
-        crop = np.empty((side, side, 3), dtype=np.uint8)
-        crop[:] = background
-        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
-        if sx1 > sx0 and sy1 > sy0:
-            crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1, :3]
-        resized = Image.fromarray(crop).resize((patch_px, patch_px), Image.Resampling.BILINEAR if side < patch_px else Image.Resampling.BOX)
-        patches[i] = np.asarray(resized).transpose(2, 0, 1)
+    corners = np.rint(centres - half).astype(np.int64)  # (x0, y0) of every square
+    # Pillow's resampling of a side x side crop to patch_px x patch_px, as two matrices.
+    filter_ = "bilinear" if side < patch_px else "box"
+    weights = _resample_weights(side, patch_px, filter_)
+    patches = np.empty((adata.n_obs, 3, patch_px, patch_px), dtype=np.uint8)
+    chunk = max(1, _CHUNK_PIXELS // max(side, patch_px) ** 2)
+    offsets = np.arange(side)
+    for start in tqdm(range(0, adata.n_obs, chunk), desc="H&E patches", disable=not show_progress, leave=False):
+        x0, y0 = corners[start:start + chunk, 0], corners[start:start + chunk, 1]
+        cols, rows = x0[:, None] + offsets, y0[:, None] + offsets  # (spots, side)
+        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+        crops = image[rows.clip(0, height - 1)[:, :, None], cols.clip(0, width - 1)[:, None, :], :3]
+        crops[~inside] = background
+        # (spots, 3, side rows, side cols): horizontal pass, then vertical, each rounded to 8 bits.
+        crops = crops.transpose(0, 3, 1, 2).astype(np.float64)
+        wide = _round_fixed(crops @ weights.T)
+        patches[start:start + chunk] = _round_fixed(weights @ wide)
     outside = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= width) | (centres[:, 1] >= height)
     fraction = tissue_fraction(patches)
     blank = (fraction < _MIN_TISSUE_FRACTION) & ~outside

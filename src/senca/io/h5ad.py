@@ -73,13 +73,18 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
 
 def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
     """Write ``adata`` (gzip) after dropping what h5ad cannot store from ``uns`` (``None``
-    values; tuples become lists), on a copy, so that senca's results always save."""
+    values; tuples become lists), so that senca's results always save. Only ``uns`` is swapped
+    for the write and put back: a copy of the whole AnnData would double the memory of a large
+    section at its last step."""
     def clean(value):
         if isinstance(value, dict):
             return {str(k): clean(v) for k, v in value.items() if v is not None}
         if isinstance(value, tuple):
             return list(value)
         return value
-    out = adata.copy()
-    out.uns = clean(dict(out.uns))
-    out.write_h5ad(path, compression="gzip")
+    original = adata.uns
+    adata.uns = clean(dict(original))
+    try:
+        adata.write_h5ad(path, compression="gzip")
+    finally:
+        adata.uns = original

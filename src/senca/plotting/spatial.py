@@ -19,6 +19,8 @@ from senca.errors import SencaInputError
 logger = logging.getLogger(__name__)
 
 _IGNORED_LABELS = ("undetermined",)
+# Above this many spots, region maps are painted as one image instead of one marker per spot.
+_RASTER_MIN_SPOTS = 100_000
 
 
 # tab10 without its grey (kept for 'undetermined'), purple and pink last: spots in those hues
@@ -55,8 +57,14 @@ def _layout(adata: ad.AnnData):
     image, scale, diameter = _image_and_extent(adata)
     xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
     if diameter <= 0:
-        from senca.graph import spot_spacing
-        diameter = 0.8 * spot_spacing(xy)
+        # The spacing the spatial graph measured, else measured here (a kNN search over the spots).
+        spacing = adata.uns.get("spatial_neighbors", {}).get("spacing")
+        if spacing is None:
+            from senca.graph import spot_spacing
+            spacing = spot_spacing(xy)
+        else:
+            spacing *= scale
+        diameter = 0.8 * spacing
     margin = 1.5 * diameter
     x0, y0 = xy.min(axis=0) - margin
     x1, y1 = xy.max(axis=0) + margin
@@ -138,12 +146,46 @@ def _display_image(image: np.ndarray, window: tuple[float, float, float, float])
     cx1, cy1 = min(int(np.ceil(x1)) + 1, width), min(int(np.ceil(y1)) + 1, height)
     if cx1 <= cx0 or cy1 <= cy0:  # the spots lie outside the image
         cx0, cy0, cx1, cy1 = 0, 0, width, height
-    crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
+    # A slide-sized crop is first thinned by striding (cheap, no copy of the whole slide), then
+    # reduced by Pillow to the display size.
+    stride = max(1, max(cx1 - cx0, cy1 - cy0) // (4 * _DISPLAY_PX))
+    crop = np.ascontiguousarray(image[cy0:cy1:stride, cx0:cx1:stride])
     factor = max(crop.shape[0], crop.shape[1]) / _DISPLAY_PX
     if factor > 1 and crop.dtype == np.uint8:
         size = (max(round(crop.shape[1] / factor), 1), max(round(crop.shape[0] / factor), 1))
         crop = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS))
     return crop, (cx0 - 0.5, cx1 - 0.5, cy1 - 0.5, cy0 - 0.5)
+
+
+def _paint_spots(ax, xy: np.ndarray, labels: np.ndarray, categories: list[str], palette: dict[str, str],
+                 diameter: float, alpha: float) -> None:
+    """Spots painted into one RGBA image at the axes' pixel resolution, in O(spots).
+
+    At hundreds of thousands of spots a scatter draws every marker as a path (tens of seconds
+    at a million) for a picture where most spots are a pixel or less; here each spot fills the
+    pixels its diameter covers (at least one).
+    """
+    ax.figure.canvas.draw()
+    x0, x1 = ax.get_xlim()
+    y1, y0 = ax.get_ylim()  # inverted y axis: top is y0
+    box = ax.get_window_extent()
+    width, height = max(int(box.width), 1), max(int(box.height), 1)
+    col = ((xy[:, 0] - x0) / (x1 - x0) * width).astype(np.int64)
+    row = ((xy[:, 1] - y0) / (y1 - y0) * height).astype(np.int64)
+    radius = int(diameter * width / abs(x1 - x0) / 2)
+    raster = np.zeros((height, width, 4))
+    codes = pd.Categorical(labels, categories=categories).codes
+    colours = np.array([(*matplotlib.colors.to_rgb(palette.get(c, "#ffffff")), alpha) for c in categories])
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dx * dx + dy * dy > radius * radius + radius:  # a disc
+                continue
+            r, c = row + dy, col + dx
+            ok = (r >= 0) & (r < height) & (c >= 0) & (c < width) & (codes >= 0)
+            raster[r[ok], c[ok]] = colours[codes[ok]]
+    ax.imshow(raster, extent=(x0, x1, y1, y0), interpolation="nearest", zorder=2)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)
 
 
 def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, layout, palette: dict[str, str] | None = None,
@@ -160,13 +202,17 @@ def _draw_categories(ax, adata: ad.AnnData, key: str, title: str, layout, palett
     ax.set_xlim(x0, x1)
     ax.set_ylim(y1, y0)  # image convention: y grows downwards
     ax.set_aspect("equal")
-    size = _spot_size_points(ax, diameter)
     labels = values.astype("string").fillna("(none)").to_numpy()
-    for category in categories + ["(none)"]:
-        mask = labels == category
-        if mask.any():
-            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette.get(category, "#ffffff"),
-                       alpha=0.85 if image is not None else 1.0, linewidths=0.6, edgecolors="white")
+    alpha = 0.85 if image is not None else 1.0
+    if len(labels) > _RASTER_MIN_SPOTS:
+        _paint_spots(ax, xy, labels, categories + ["(none)"], palette, diameter, alpha)
+    else:
+        size = _spot_size_points(ax, diameter)
+        for category in categories + ["(none)"]:
+            mask = labels == category
+            if mask.any():
+                ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette.get(category, "#ffffff"),
+                           alpha=alpha, linewidths=0.6, edgecolors="white")
     counts = pd.Series(labels).value_counts()
     handles = [Line2D([], [], marker="o", linestyle="", markersize=9, markerfacecolor=palette[c],
                       markeredgecolor="white", label=f"{names.get(c, c)} ({counts.get(c, 0)})") for c in categories]
@@ -236,19 +282,23 @@ def embedding(
 ) -> Figure:
     """Scatter of a 2-D embedding (e.g. UMAP of ``X_senca``) coloured by ``obs[key]``.
 
-    Colours and legend names are those of :func:`regions` (:func:`region_styles`).
+    Colours and legend names are those of :func:`regions` (:func:`region_styles`). Spots
+    without coordinates (``NaN``, e.g. left out of a subsampled UMAP) are not drawn; the
+    legend counts the drawn ones.
     """
     if basis not in adata.obsm:
         raise SencaInputError(f"AnnData: obsm[{basis!r}] is missing; expected a 2-D embedding")
-    values = adata.obs[key].astype("string").fillna("(none)")
+    values = adata.obs[key].astype("string").fillna("(none)").to_numpy()
     categories = _categories(adata.obs[key])
     palette, names = region_styles(adata, key, label_key)
     xy = np.asarray(adata.obsm[basis])[:, :2]
+    drawn = np.isfinite(xy).all(axis=1)
     fig, ax = plt.subplots(figsize=(6.5, 5.2))
-    size = max(4.0, min(40.0, 12000.0 / max(adata.n_obs, 1)))
+    size = max(1.0, min(40.0, 12000.0 / max(int(drawn.sum()), 1)))
     for category in categories:
-        mask = (values == category).to_numpy()
-        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette[category], label=f"{names[category]} ({mask.sum()})", linewidths=0)
+        mask = (values == category) & drawn
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=palette[category], label=f"{names[category]} ({mask.sum()})",
+                   linewidths=0, rasterized=True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9, markerscale=2.0 / np.sqrt(size) * 3, title=key)
     ax.set_xlabel(f"{basis.removeprefix('X_').upper()} 1")
     ax.set_ylabel(f"{basis.removeprefix('X_').upper()} 2")

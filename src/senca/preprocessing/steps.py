@@ -8,11 +8,15 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
+from scipy import linalg
 from sklearn.decomposition import PCA
 
 from senca.errors import SencaInputError
 
 logger = logging.getLogger(__name__)
+
+# The exact PCA (most components of a small matrix) densifies it up to this many entries.
+_DENSE_MAX_ENTRIES = 50_000_000
 
 
 def filter_spots_genes(adata: ad.AnnData, min_counts: int = 1, min_spots: int = 3) -> ad.AnnData:
@@ -52,11 +56,16 @@ def filter_spots_genes(adata: ad.AnnData, min_counts: int = 1, min_spots: int = 
 
 
 def log_normalize(adata: ad.AnnData, target_sum: float = 1e4) -> None:
-    """Keep counts in ``layers["counts"]``; put library-size normalised log1p values in ``X`` and ``layers["lognorm"]``."""
+    """Keep counts in ``layers["counts"]``; put library-size normalised log1p values in ``X`` and ``layers["lognorm"]``.
+
+    ``X`` and ``layers["lognorm"]`` are one matrix, not two copies (a copy costs as much as
+    the counts: gigabytes at a million spots); replace ``X``, do not edit it in place, to keep
+    ``lognorm``.
+    """
     adata.layers["counts"] = adata.X.copy()
     sc.pp.normalize_total(adata, target_sum=target_sum)
     sc.pp.log1p(adata)
-    adata.layers["lognorm"] = adata.X.copy()
+    adata.layers["lognorm"] = adata.X
 
 
 def highly_variable_genes(adata: ad.AnnData, n_top_genes: int = 3000) -> None:
@@ -68,28 +77,107 @@ def highly_variable_genes(adata: ad.AnnData, n_top_genes: int = 3000) -> None:
     sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat")
 
 
-def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True) -> None:
-    """PCA of the highly variable genes into ``obsm["X_pca"]`` and the loadings into ``varm["PCs"]``.
+def _standardised(x: sp.csr_matrix, scale: bool) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """``(y, centre, std)`` with ``(y - centre) / std`` the centred genes, scaled to unit variance and
+    clipped at +-10 with ``scale`` (as ``sc.pp.scale(max_value=10)``), ``y`` as sparse as ``x``.
 
-    Genes are centred and, with ``scale``, scaled to unit variance (clipped at 10) first.
-    ``n_comps`` is capped at ``min(n_spots, n_genes) - 1``.
+    A gene's non-zero values are clipped in place. Its zeros stand at ``-mean / std``; where
+    that is below -10 (a gene expressed almost everywhere), they must become -10, which
+    ``y = x - shift`` on the stored values and ``centre - shift`` do, with
+    ``shift = mean - 10 std``; the zeros stay implicit. The centre is the column mean of the
+    clipped values, as PCA re-centres.
+    """
+    n = x.shape[0]
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    if not scale:
+        return x, mean, np.ones_like(mean)
+    var = np.maximum(np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean**2, 0.0)
+    std = np.where(var > 0, np.sqrt(var), 1.0)
+    y = x.copy()
+    cols = y.indices
+    y.data = np.clip(y.data, (mean - 10 * std)[cols], (mean + 10 * std)[cols])
+    shift = np.where(mean > 10 * std, mean - 10 * std, 0.0)
+    y.data -= shift[cols]
+    centre = np.asarray(y.sum(axis=0)).ravel() / n
+    return y, centre, std
+
+
+def _operator(y: sp.csr_matrix, centre: np.ndarray, std: np.ndarray) -> tuple:
+    """Products with ``(y - 1 centre^T) / std`` and its transpose, never forming the dense matrix."""
+    def times(v: np.ndarray) -> np.ndarray:
+        v = v / std[:, None]
+        return y @ v - centre @ v
+
+    def times_transposed(u: np.ndarray) -> np.ndarray:
+        return (y.T @ u - np.outer(centre, u.sum(axis=0))) / std[:, None]
+
+    return times, times_transposed
+
+
+def _randomized_svd(times, times_transposed, shape: tuple[int, int], n_comps: int, seed: int):
+    """``(u, s, vt)`` of the implicit matrix, by scikit-learn's randomized PCA step for step.
+
+    Halko et al. (2011) as ``PCA(svd_solver="randomized", random_state=seed)`` runs it: the
+    same random start, 10 extra directions, 7 power iterations (4 when ``n_comps`` is a tenth
+    of the smaller side or more) with LU normalisation, the wide case transposed, signs by the
+    largest loading. So the PCs equal those of the dense computation up to rounding.
+    """
+    n_iter = 7 if n_comps < 0.1 * min(shape) else 4
+    transpose = shape[0] < shape[1]
+    a, a_t = (times_transposed, times) if transpose else (times, times_transposed)
+    q = np.random.RandomState(seed).normal(size=(shape[0] if transpose else shape[1], n_comps + 10))
+    for _ in range(n_iter):
+        q = linalg.lu(a(q), permute_l=True)[0]
+        q = linalg.lu(a_t(q), permute_l=True)[0]
+    q = linalg.qr(a(q), mode="economic")[0]
+    u_hat, values, vt = linalg.svd(a_t(q).T, full_matrices=False)
+    u, values, vt = (q @ u_hat)[:, :n_comps], values[:n_comps], vt[:n_comps]
+    if transpose:
+        u, vt = vt.T, u.T
+    signs = np.sign(vt[np.arange(vt.shape[0]), np.abs(vt).argmax(axis=1)])
+    return u * signs, values, vt * signs[:, None]
+
+
+def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True, max_fit_spots: int | None = 50_000) -> None:
+    """PCA of the highly variable genes into ``obsm["X_pca"]`` and the loadings into ``varm["PCs"]``, without densifying them.
+
+    Genes are centred and, with ``scale``, scaled to unit variance and clipped at 10 first,
+    all on the sparse matrix (see :func:`_standardised`): memory stays O(non-zeros + spots x
+    ``n_comps``), and the PCs are those of the dense computation. ``n_comps`` is capped at
+    ``min(n_spots, n_genes) - 1``; when it is half of that or more, the exact SVD is taken
+    (as scikit-learn's PCA does), of the dense matrix, which is then small. Above
+    ``max_fit_spots`` spots the loadings are fitted on a random subsample of that many spots
+    (drawn with ``seed``) and every spot is projected on them: a sample of that size pins the
+    leading directions down, and the cost of the fit then stops growing with the section.
+    ``None`` fits on all spots.
     """
     genes = adata.var["highly_variable"].to_numpy() if "highly_variable" in adata.var else np.ones(adata.n_vars, bool)
-    data = adata.X[:, genes]
-    data = np.asarray(data.toarray() if sp.issparse(data) else data, dtype=np.float64)
-    data -= data.mean(axis=0)
-    if scale:
-        std = data.std(axis=0)
-        data /= np.where(std > 0, std, 1.0)
-        np.clip(data, -10, 10, out=data)
-    n_comps = min(n_comps, min(data.shape) - 1)
-    model = PCA(n_components=n_comps, svd_solver="randomized" if n_comps < min(data.shape) // 2 else "full", random_state=seed)
-    adata.obsm["X_pca"] = model.fit_transform(data).astype(np.float32)
-    adata.uns["pca"] = {"variance_ratio": model.explained_variance_ratio_, "variance": model.explained_variance_,
-                        "n_comps": n_comps, "scaled": scale}
+    x = sp.csr_matrix(adata.X[:, genes], dtype=np.float64)
+    n, n_genes = x.shape
+    n_comps = min(n_comps, min(n, n_genes) - 1)
+    y, centre, std = _standardised(x, scale)
+    times, times_transposed = _operator(y, centre, std)
+    n_fitted = n
+    if n_comps >= min(n, n_genes) // 2 and n * n_genes <= _DENSE_MAX_ENTRIES:
+        model = PCA(n_components=n_comps, svd_solver="full", random_state=seed)
+        scores = model.fit_transform((y.toarray() - centre) / std)
+        components = model.components_
+    elif max_fit_spots is not None and n > max_fit_spots:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=max_fit_spots, replace=False))
+        logger.info("PCA loadings fitted on %d of %d spots, all spots projected", max_fit_spots, n)
+        _, _, components = _randomized_svd(*_operator(y[rows], centre, std), (max_fit_spots, n_genes), n_comps, seed)
+        scores, n_fitted = times(components.T), max_fit_spots
+    else:
+        u, values, components = _randomized_svd(times, times_transposed, (n, n_genes), n_comps, seed)
+        scores = u * values
+    # Variance of each PC over all spots, against the total variance of the standardised genes.
+    total = float(((np.asarray(y.multiply(y).mean(axis=0)).ravel() - centre**2) / std**2).sum())
+    adata.obsm["X_pca"] = scores.astype(np.float32)
+    adata.uns["pca"] = {"variance_ratio": scores.var(axis=0) / max(total, 1e-300), "variance": scores.var(axis=0, ddof=1),
+                        "n_comps": n_comps, "scaled": scale, "n_spots_fitted": n_fitted}
     # Loadings as scanpy keeps them (zero for genes outside the HVGs), e.g. for sc.pl.pca_loadings.
     loadings = np.zeros((adata.n_vars, n_comps), dtype=np.float32)
-    loadings[genes] = model.components_.T
+    loadings[genes] = components.T
     adata.varm["PCs"] = loadings
 
 

@@ -71,10 +71,13 @@ _LIBRARY_MULTIPLIER = np.array([1.3, 1.3, 1.0, 1.0, 1.2, 0.5])
 _LIBRARY_MEDIAN = 1500.0  # molecules per spot over the simulated genes, before dropout
 
 _SPOT_TO_SPACING = {"hex": 55.0 / 100.0, "square": 100.0 / 200.0}  # Visium, legacy ST
-_RASTER_PER_UNIT = 4  # coarse raster cells per spacing unit
+_RASTER_PER_UNIT = 4  # coarse raster cells per spacing unit, lowered above _MAX_RASTER_SIDE
+_MAX_RASTER_SIDE = 2400  # cells: sections up to about 100k spots keep 4 cells per spacing unit
 _MIN_GENES = 400
 _MIN_SPOTS = 200
-_MAX_SPOTS = 200_000
+_MAX_SPOTS = 2_000_000
+_DIRECT_FILTER_MAX_SIGMA = 48.0  # raster cells; longer correlation lengths are filtered by FFT
+_COUNT_CHUNK = 10_000  # spots whose counts are drawn at once (dense chunk x genes, then sparse)
 _MIN_SPACING_HIRES = 8.0
 _MAX_IMAGE_SIDE = 12_000
 
@@ -136,6 +139,7 @@ def simulate_tissue(
     seed: int = 0,
     spot_diameter_px: float = 100.0,
     image_scale: float = 0.17,
+    image: bool = True,
 ) -> ad.AnnData:
     """Simulate a tumour section: spot counts, coordinates and an H&E-like image with truth.
 
@@ -165,6 +169,11 @@ def simulate_tissue(
     image_scale
         Scale factor from full-resolution pixels to the stored ``hires`` image
         (``tissue_hires_scalef``).
+    image
+        Render the H&E-like image. ``False``: expression and coordinates only, with regions
+        and compositions read off the region fields at the spots; memory then grows with the
+        spots (counts are drawn a chunk of spots at a time, straight into a sparse matrix), so
+        sections of a million spots fit in a few GB.
 
     Returns
     -------
@@ -175,7 +184,7 @@ def simulate_tissue(
     ``uns["spatial"]["simulated"]`` and the confounded pairs, markers and parameters in
     ``uns["simulation"]``.
     """
-    _validate(n_spots, grid, n_genes, seed, spot_diameter_px, image_scale)
+    _validate(n_spots, grid, n_genes, seed, spot_diameter_px, image_scale, image)
     rng = np.random.default_rng(seed)
     spacing_full = spot_diameter_px / _SPOT_TO_SPACING[grid]
     px_per_unit = spacing_full * image_scale  # hires pixels per spacing unit
@@ -183,18 +192,22 @@ def simulate_tissue(
     layout = _layout(n_spots, grid, rng)
     height = int(math.ceil((layout.extent[3] - layout.extent[2]) * px_per_unit))
     width = int(math.ceil((layout.extent[1] - layout.extent[0]) * px_per_unit))
-    label_map, coords = _label_map(layout, height, width, px_per_unit)
 
-    # Spot centres in hires pixels (x, y); labels and composition read off the pixel map.
+    # Spot centres in hires pixels (x, y).
     spot_px = np.column_stack(
         [(layout.spots[:, 0] - layout.extent[0]) * px_per_unit,
          (layout.spots[:, 1] - layout.extent[2]) * px_per_unit]
     )
-    composition = _composition(label_map, spot_px, 0.5 * spot_diameter_px * image_scale)
-    labels = _spot_labels(label_map, spot_px, composition)
+    if image:
+        # Labels and composition read off the pixel map that the image is rendered from.
+        label_map, coords = _label_map(layout, height, width, px_per_unit)
+        composition = _composition(label_map, spot_px, 0.5 * spot_diameter_px * image_scale)
+        labels = _spot_labels(label_map, spot_px, composition)
+    else:
+        composition, labels = _composition_at_spots(layout, 0.5 * _SPOT_TO_SPACING[grid])
 
     counts, gene_names, markers = _counts(composition, layout, n_genes, rng)
-    image = _render(label_map, coords, px_per_unit, rng)
+    picture = _render(label_map, coords, px_per_unit, rng) if image else None
 
     obs = pd.DataFrame(
         {
@@ -206,7 +219,7 @@ def simulate_tissue(
         index=pd.Index([f"spot_{i:05d}" for i in range(n_spots)], name=None),
     )
     adata = ad.AnnData(
-        X=sparse.csr_matrix(counts.astype(np.float32)),
+        X=counts,
         obs=obs,
         var=pd.DataFrame(index=pd.Index(gene_names)),
     )
@@ -214,7 +227,7 @@ def simulate_tissue(
     adata.obsm["simulation_composition"] = composition.astype(np.float32)
     adata.uns["spatial"] = {
         LIBRARY_ID: {
-            "images": {"hires": image},
+            "images": {"hires": picture} if image else {},
             "scalefactors": {
                 "tissue_hires_scalef": float(image_scale),
                 "spot_diameter_fullres": float(spot_diameter_px),
@@ -238,6 +251,7 @@ def simulate_tissue(
             "seed": int(seed),
             "spot_diameter_px": float(spot_diameter_px),
             "image_scale": float(image_scale),
+            "image": bool(image),
             "spot_spacing_px": float(spacing_full),
         },
     }
@@ -248,7 +262,7 @@ def simulate_tissue(
     return adata
 
 
-def _validate(n_spots, grid, n_genes, seed, spot_diameter_px, image_scale) -> None:
+def _validate(n_spots, grid, n_genes, seed, spot_diameter_px, image_scale, image) -> None:
     def is_int(v) -> bool:
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -283,6 +297,8 @@ def _validate(n_spots, grid, n_genes, seed, spot_diameter_px, image_scale) -> No
             f"gives spots {spacing_hires:.1f} px apart in the hires image; expected at least "
             f"{_MIN_SPACING_HIRES:g} px so tissue texture is resolved."
         )
+    if not image:
+        return
     # Longest image side: tissue diameter (elongated by up to ~1.5x) plus margins.
     cell_area = math.sqrt(3) / 2 if grid == "hex" else 1.0
     side = (3.0 * math.sqrt(n_spots * cell_area / math.pi) + 4) * spacing_hires
@@ -303,18 +319,29 @@ class _Layout:
     raster: dict[str, np.ndarray]  # smooth fields on the coarse raster, indexed [row=y, col=x]
     thresholds: dict[str, float]
     tissue_cut: float
+    per_unit: float  # raster cells per spacing unit
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """Standardised Gaussian random field with correlation length ``sigma`` raster cells."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
+    """Standardised Gaussian random field with correlation length ``sigma`` raster cells.
+
+    Long correlation lengths (large sections) are filtered in Fourier space, whose cost does
+    not grow with ``sigma`` as a direct filter's does; that field is periodic, and the raster's
+    margin around the tissue keeps the wrap-around off the spots. Short ones keep the direct
+    filter, so small sections are the same as before the Fourier path existed.
+    """
+    noise = rng.standard_normal(shape)
+    if sigma <= _DIRECT_FILTER_MAX_SIGMA:
+        field = ndimage.gaussian_filter(noise, sigma, mode="reflect")
+    else:
+        field = np.fft.irfft2(ndimage.fourier_gaussian(np.fft.rfft2(noise), sigma, n=shape[1]), s=shape)
     return (field - field.mean()) / field.std()
 
 
-def _sample(field: np.ndarray, origin: np.ndarray, ux: np.ndarray, uy: np.ndarray) -> np.ndarray:
-    """Bilinear sample of a raster field at points given in spacing units."""
-    rows = (uy - origin[1]) * _RASTER_PER_UNIT
-    cols = (ux - origin[0]) * _RASTER_PER_UNIT
+def _sample(field: np.ndarray, origin: np.ndarray, ux: np.ndarray, uy: np.ndarray, per_unit: float) -> np.ndarray:
+    """Bilinear sample of a raster field (``per_unit`` cells per spacing unit) at points given in spacing units."""
+    rows = (uy - origin[1]) * per_unit
+    cols = (ux - origin[0]) * per_unit
     return ndimage.map_coordinates(field, [rows, cols], order=1, mode="nearest").astype(np.float32)
 
 
@@ -328,10 +355,13 @@ def _layout(n_spots: int, grid: str, rng: np.random.Generator) -> _Layout:
     cell_area = math.sqrt(3) / 2 if grid == "hex" else 1.0
     radius = math.sqrt(n_spots * cell_area / math.pi)  # tissue radius in spacing units
     half = 1.7 * radius + 4
-    n_ras = int(2 * half * _RASTER_PER_UNIT) + 1
+    # Large sections get a coarser raster, so its cost stays bounded; the fields are smooth on
+    # the tissue's scale, the spots sample them bilinearly.
+    per_unit = min(float(_RASTER_PER_UNIT), (_MAX_RASTER_SIDE - 1) / (2 * half))
+    n_ras = int(2 * half * per_unit) + 1
     origin = np.array([-half, -half])
     shape = (n_ras, n_ras)
-    cells_per_radius = radius * _RASTER_PER_UNIT
+    cells_per_radius = radius * per_unit
 
     # Candidate grid covering the raster.
     if grid == "hex":
@@ -353,8 +383,8 @@ def _layout(n_spots: int, grid: str, rng: np.random.Generator) -> _Layout:
 
     # Tissue outline: a rotated ellipse with a smooth, wavy edge.
     ys, xs = np.meshgrid(
-        origin[1] + np.arange(n_ras) / _RASTER_PER_UNIT,
-        origin[0] + np.arange(n_ras) / _RASTER_PER_UNIT,
+        origin[1] + np.arange(n_ras) / per_unit,
+        origin[0] + np.arange(n_ras) / per_unit,
         indexing="ij",
     )
     aspect = rng.uniform(1.0, 1.35)
@@ -364,7 +394,7 @@ def _layout(n_spots: int, grid: str, rng: np.random.Generator) -> _Layout:
     rnorm = np.sqrt((xr / aspect) ** 2 + (yr * aspect) ** 2) / radius
     tissue = rnorm + 0.10 * _smooth_noise(rng, shape, 0.25 * cells_per_radius)
 
-    cand_f = _sample(tissue, origin, cand[:, 0], cand[:, 1])
+    cand_f = _sample(tissue, origin, cand[:, 0], cand[:, 1], per_unit)
     order = np.argsort(cand_f, kind="stable")[:n_spots]
     order = order[np.lexsort((cand_rc[order, 1], cand_rc[order, 0]))]  # row-major spot order
     spots = cand[order]
@@ -376,34 +406,34 @@ def _layout(n_spots: int, grid: str, rng: np.random.Generator) -> _Layout:
     clone = _smooth_noise(rng, shape, 0.35 * cells_per_radius) + 0.8 * (gx * xs + gy * ys) / (
         radius * math.hypot(gx, gy)
     )
-    patchy = _smooth_noise(rng, shape, 1.2 * _RASTER_PER_UNIT)
+    patchy = _smooth_noise(rng, shape, 1.2 * per_unit)
     adipose = rnorm + 0.35 * _smooth_noise(rng, shape, 0.2 * cells_per_radius)
     stroma = _smooth_noise(rng, shape, 0.15 * cells_per_radius)
     fields = {"tumour": tumour, "clone": clone, "adipose": adipose}
 
     # Thresholds picked on the spots, in order of precedence, so every region gets its share.
     f = _TARGET_FRACTIONS
-    s_tum = _sample(tumour, origin, spots[:, 0], spots[:, 1])
+    s_tum = _sample(tumour, origin, spots[:, 0], spots[:, 1], per_unit)
     t_tum = _upper_quantile(s_tum, f[_A] + f[_B])
     is_tum = s_tum >= t_tum
-    s_clone = _sample(clone, origin, spots[:, 0], spots[:, 1])
+    s_clone = _sample(clone, origin, spots[:, 0], spots[:, 1], per_unit)
     t_clone = _upper_quantile(s_clone[is_tum], f[_A] / (f[_A] + f[_B]))
 
     # Immune cells rim the tumour: score falls with distance to it, broken up into patches.
-    dist = ndimage.distance_transform_edt(tumour < t_tum) / _RASTER_PER_UNIT
+    dist = ndimage.distance_transform_edt(tumour < t_tum) / per_unit
     immune = -dist / 1.5 + 0.5 * patchy
     # Desmoplastic (dense) stroma tends to lie nearer the tumour than loose stroma.
     stroma = stroma - dist / (0.6 * radius)
     fields.update(immune=immune.astype(np.float32), stroma=stroma.astype(np.float32))
 
     rest = ~is_tum
-    s_imm = _sample(immune, origin, spots[:, 0], spots[:, 1])
+    s_imm = _sample(immune, origin, spots[:, 0], spots[:, 1], per_unit)
     t_imm = _upper_quantile(s_imm[rest], f[_IMMUNE] / f[[_DENSE, _LOOSE, _IMMUNE, _ADIPOSE]].sum())
     rest &= s_imm < t_imm
-    s_adi = _sample(adipose, origin, spots[:, 0], spots[:, 1])
+    s_adi = _sample(adipose, origin, spots[:, 0], spots[:, 1], per_unit)
     t_adi = _upper_quantile(s_adi[rest], f[_ADIPOSE] / f[[_DENSE, _LOOSE, _ADIPOSE]].sum())
     rest &= s_adi < t_adi
-    s_str = _sample(stroma, origin, spots[:, 0], spots[:, 1])
+    s_str = _sample(stroma, origin, spots[:, 0], spots[:, 1], per_unit)
     t_str = _upper_quantile(s_str[rest], f[_DENSE] / f[[_DENSE, _LOOSE]].sum())
     thresholds = {
         "tumour": t_tum, "clone": t_clone, "immune": t_imm, "adipose": t_adi, "stroma": t_str
@@ -412,10 +442,10 @@ def _layout(n_spots: int, grid: str, rng: np.random.Generator) -> _Layout:
     # Tissue ends a little beyond the outermost spots and never beyond the image.
     margin = 0.8
     on_spot = np.zeros(shape, dtype=bool)
-    rc = np.rint((spots[:, ::-1] - origin[::-1]) * _RASTER_PER_UNIT).astype(int)
+    rc = np.rint((spots[:, ::-1] - origin[::-1]) * per_unit).astype(int)
     on_spot[rc[:, 0], rc[:, 1]] = True
-    spot_dist = ndimage.distance_transform_edt(~on_spot) / _RASTER_PER_UNIT
-    spot_dist = ndimage.gaussian_filter(spot_dist, 0.7 * _RASTER_PER_UNIT)  # no scalloped edge
+    spot_dist = ndimage.distance_transform_edt(~on_spot) / per_unit
+    spot_dist = ndimage.gaussian_filter(spot_dist, 0.7 * per_unit)  # no scalloped edge
     tissue = np.where(spot_dist <= margin + 0.3, tissue, tissue + 10.0)
 
     xmin, ymin = spots.min(axis=0) - margin - 1.0
@@ -428,6 +458,7 @@ def _layout(n_spots: int, grid: str, rng: np.random.Generator) -> _Layout:
         raster={"tissue": tissue, **{k: v.astype(np.float32) for k, v in fields.items()}},
         thresholds=thresholds,
         tissue_cut=tissue_cut + margin / radius,
+        per_unit=per_unit,
     )
 
 
@@ -438,14 +469,17 @@ def _label_map(layout: _Layout, height: int, width: int, px_per_unit: float):
         layout.extent[0] + (np.arange(width, dtype=np.float32) + 0.5) / px_per_unit,
         indexing="ij",
     )
-    ux, uy = xs.ravel(), ys.ravel()
+    return _labels_at(layout, xs.ravel(), ys.ravel()).reshape(height, width), {"ux": xs, "uy": ys}
+
+
+def _labels_at(layout: _Layout, ux: np.ndarray, uy: np.ndarray) -> np.ndarray:
+    """Region index (``_BACKGROUND`` outside tissue) at points given in spacing units."""
     t = layout.thresholds
 
     def sample(name: str) -> np.ndarray:
-        return _sample(layout.raster[name], layout.origin, ux, uy).reshape(height, width)
+        return _sample(layout.raster[name], layout.origin, ux, uy, layout.per_unit)
 
-    lab = np.full((height, width), _BACKGROUND, dtype=np.uint8)
-    lab[:] = np.where(sample("stroma") >= t["stroma"], _DENSE, _LOOSE)
+    lab = np.where(sample("stroma") >= t["stroma"], _DENSE, _LOOSE).astype(np.uint8)
     lab[sample("adipose") >= t["adipose"]] = _ADIPOSE
     lab[sample("immune") >= t["immune"]] = _IMMUNE
     tumour = sample("tumour") >= t["tumour"]
@@ -453,23 +487,51 @@ def _label_map(layout: _Layout, height: int, width: int, px_per_unit: float):
     lab[tumour & clone_a] = _A
     lab[tumour & ~clone_a] = _B
     lab[sample("tissue") > layout.tissue_cut] = _BACKGROUND
-    return lab, {"ux": xs, "uy": ys}
+    return lab
 
 
-def _composition(label_map: np.ndarray, spot_px: np.ndarray, radius_px: float) -> np.ndarray:
-    """Fraction of each region inside each spot's capture area (sampled on a disc of points)."""
+def _disc() -> np.ndarray:
+    """Offsets (x, y) of the points that sample a spot's capture area, in spot radii."""
     ring = [(0.0, 0.0)]
     for rr, n in ((0.45, 6), (0.9, 12)):
         angles = np.linspace(0, 2 * math.pi, n, endpoint=False)
         ring += [(rr * math.cos(a), rr * math.sin(a)) for a in angles]
-    off = np.asarray(ring) * radius_px
-    height, width = label_map.shape
-    px = np.clip(np.rint(spot_px[:, None, 0] + off[None, :, 0]), 0, width - 1).astype(int)
-    py = np.clip(np.rint(spot_px[:, None, 1] + off[None, :, 1]), 0, height - 1).astype(int)
-    lab = label_map[py, px]
+    return np.asarray(ring)
+
+
+def _fractions(lab: np.ndarray) -> np.ndarray:
+    """Per row of disc labels, the fraction of each region among its tissue points."""
     comp = np.stack([(lab == k).sum(axis=1) for k in range(len(REGIONS))], axis=1).astype(float)
     # Every spot is in tissue; a spot grazing the edge keeps only its tissue part.
     return comp / np.maximum(comp.sum(axis=1, keepdims=True), 1)
+
+
+def _composition(label_map: np.ndarray, spot_px: np.ndarray, radius_px: float) -> np.ndarray:
+    """Fraction of each region inside each spot's capture area (sampled on a disc of points)."""
+    off = _disc() * radius_px
+    height, width = label_map.shape
+    px = np.clip(np.rint(spot_px[:, None, 0] + off[None, :, 0]), 0, width - 1).astype(int)
+    py = np.clip(np.rint(spot_px[:, None, 1] + off[None, :, 1]), 0, height - 1).astype(int)
+    return _fractions(label_map[py, px])
+
+
+def _composition_at_spots(layout: _Layout, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Composition and label of every spot read off the region fields (no pixel map).
+
+    ``radius`` is the spot radius in spacing units. The label is the region under the
+    centre, or the majority of the capture area where the centre is off tissue.
+    """
+    off = _disc() * radius
+    composition = np.empty((len(layout.spots), len(REGIONS)))
+    labels = np.empty(len(layout.spots), dtype=np.int64)
+    for start in range(0, len(layout.spots), _COUNT_CHUNK):
+        spots = layout.spots[start:start + _COUNT_CHUNK]
+        lab = _labels_at(layout, (spots[:, None, 0] + off[None, :, 0]).ravel(),
+                         (spots[:, None, 1] + off[None, :, 1]).ravel()).reshape(len(spots), len(off))
+        comp = _fractions(lab)
+        composition[start:start + len(spots)] = comp
+        labels[start:start + len(spots)] = np.where(lab[:, 0] == _BACKGROUND, comp.argmax(axis=1), lab[:, 0])
+    return composition, labels
 
 
 def _spot_labels(label_map: np.ndarray, spot_px: np.ndarray, composition: np.ndarray) -> np.ndarray:
@@ -518,23 +580,27 @@ def _counts(composition: np.ndarray, layout: _Layout, n_genes: int, rng: np.rand
     # Besides its own area, every spot captures some cells of random other types.
     admix = rng.beta(1.0, 12.0, n_spots)[:, None] * rng.dirichlet(np.full(n_regions, 0.5), n_spots)
     weights = composition * (1.0 - admix.sum(axis=1, keepdims=True)) + admix
-    spot_profile = weights @ profiles
 
     # Library size: log-normal, denser tissue captures more, mild smooth (thickness) trend.
     spots = layout.spots
-    thickness = _sample(layout.raster["tissue"], layout.origin, spots[:, 0], spots[:, 1])
+    thickness = _sample(layout.raster["tissue"], layout.origin, spots[:, 0], spots[:, 1], layout.per_unit)
     lib = _LIBRARY_MEDIAN * (composition @ _LIBRARY_MULTIPLIER) * np.exp(
         rng.normal(0.0, 0.35, n_spots) - 0.15 * (thickness - thickness.mean())
     )
-    mu = lib[:, None] * spot_profile
-
     # Gamma-Poisson (negative binomial) with gene-wise inverse dispersion around 3.
     r = np.exp(rng.normal(math.log(3.0), 0.5, n_genes))
-    lam = mu * rng.gamma(r[None, :], 1.0 / r[None, :], size=mu.shape)
-    counts = rng.poisson(lam).astype(np.float32)
-    # Dropout: lowly expressed entries are lost more often (logistic in log mean).
-    p_drop = 0.5 / (1.0 + np.exp(1.2 * (np.log(mu) - math.log(0.5))))
-    counts[rng.random(mu.shape) < p_drop] = 0
+    # A chunk of spots at a time, kept sparse: never a dense spots x genes array.
+    chunks = []
+    for start in range(0, n_spots, _COUNT_CHUNK):
+        rows = slice(start, start + _COUNT_CHUNK)
+        mu = lib[rows, None] * (weights[rows] @ profiles)
+        lam = mu * rng.gamma(r[None, :], 1.0 / r[None, :], size=mu.shape)
+        counts = rng.poisson(lam).astype(np.float32)
+        # Dropout: lowly expressed entries are lost more often (logistic in log mean).
+        p_drop = 0.5 / (1.0 + np.exp(1.2 * (np.log(mu) - math.log(0.5))))
+        counts[rng.random(mu.shape) < p_drop] = 0
+        chunks.append(sparse.csr_matrix(counts))
+    counts = sparse.vstack(chunks, format="csr") if len(chunks) > 1 else chunks[0]
     return counts, names, markers
 
 

@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["SencaData", "StagedTrainer", "embed", "make_sampler", "neighbourhood_mean", "spot_image_features", "stage_plan"]
 
 _FEATURE_CHUNK = 256
+# Patches whose activations re-estimate the ResNet's BatchNorm statistics (all on smaller sections).
+_RECALIBRATION_MAX_SPOTS = 8192
 # Seeds per mini-batch when the section is too large for full-batch training and none is given:
 # a block about the size of a section that trains full-batch, so a step costs about the same at
 # any size (the contiguous block's halo adds only its rim).
@@ -223,7 +225,10 @@ class StagedTrainer:
         Eval-mode features then see activations normalised for this slide's stain and tissue
         (AdaBN, Li et al. 2016): for a randomly initialised ResNet that is what keeps every
         stage's texture statistics on a sensible scale; for pretrained weights it adapts them
-        to the section. One forward pass, exact averages (``momentum=None``).
+        to the section. Exact averages (``momentum=None``) over one forward pass of the plain
+        patches, of at most ``_RECALIBRATION_MAX_SPOTS`` of them (a random subsample drawn with
+        the seed above that): the statistics are settled long before, and the features then
+        cost one full ResNet pass, not two.
         """
         resnet = self.module.resnet
         norms = [m for m in resnet.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -232,7 +237,11 @@ class StagedTrainer:
             m.reset_running_stats()
             m.momentum = None
         resnet.train()
-        for idx in torch.arange(self.data.n_obs).split(_FEATURE_CHUNK):
+        spots = torch.arange(self.data.n_obs)
+        if self.data.n_obs > _RECALIBRATION_MAX_SPOTS:
+            spots = torch.from_numpy(np.sort(np.random.default_rng(self.config.seed).choice(
+                self.data.n_obs, _RECALIBRATION_MAX_SPOTS, replace=False)))
+        for idx in spots.split(_FEATURE_CHUNK):
             resnet.forward_texture(PatchAugmenter.plain(patches_to_tensor(self.data.patches[idx].to(self.device))))
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
