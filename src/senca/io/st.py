@@ -23,6 +23,8 @@ import scipy.sparse as sp
 from senca.errors import SencaInputError
 from senca.graph.spacing import spot_spacing
 from senca.io._tables import (
+    checked_coordinates,
+    checked_integers,
     numeric_column,
     read_table,
     require_columns,
@@ -47,9 +49,9 @@ def _spot_ids(table: pd.DataFrame, path: Path, what: str, round_xy: bool) -> pd.
     y = numeric_column(table, "y", path, what)
     if round_xy:
         x, y = np.rint(x), np.rint(y)
-    elif not (np.all(x == np.rint(x)) and np.all(y == np.rint(y))):
-        raise SencaInputError(f"{path}: columns 'x' and 'y' of the {what} must be integer array coordinates")
-    return pd.Index([f"{int(a)}x{int(b)}" for a, b in zip(x, y)])
+    x = checked_integers(x, path, f"column 'x' of the {what} (integer array coordinates)")
+    y = checked_integers(y, path, f"column 'y' of the {what} (integer array coordinates)")
+    return pd.Index([f"{a}x{b}" for a, b in zip(x.tolist(), y.tolist())])
 
 
 def _read_counts(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
@@ -122,15 +124,15 @@ def read_st(
     if extra:
         logger.info("%s: %d selected spot(s) have no counts and are left out", spots, extra)
     selection = selection.loc[spot_ids]
-    pixels = np.column_stack([
+    pixels = checked_coordinates(np.column_stack([
         numeric_column(selection, "pixel_x", spots, "spot selection file"),
         numeric_column(selection, "pixel_y", spots, "spot selection file"),
-    ])
+    ]), spots, "columns 'pixel_x', 'pixel_y' of the spot selection file")
 
     adata = ad.AnnData(
         X=matrix,
         obs=pd.DataFrame(
-            {"array_x": selection["x"].to_numpy(int), "array_y": selection["y"].to_numpy(int)},
+            {"array_x": selection["x"].to_numpy(np.int64), "array_y": selection["y"].to_numpy(np.int64)},
             index=spot_ids,
         ),
         var=pd.DataFrame(index=genes),
@@ -155,7 +157,7 @@ def read_st(
         require_unique(label_table.index, labels, "spot ids built from rounded 'x' and 'y' of the label file")
         attach_labels(adata, label_table["label"], labels)
     if image is not None:
-        attach_image(adata, read_image(image), float(image_scale), library_id, "hires", source=image)
+        attach_image(adata, read_image(image), image_scale, library_id, "hires", source=image)
     logger.info("read %s: %d spots x %d genes", library_id, adata.n_obs, adata.n_vars)
     return adata
 
