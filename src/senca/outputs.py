@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
+from typing import Iterable
 
 import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import scipy.sparse as sp
 
 from senca import plotting
+from senca._process import owned_prefix, remove_dead_runs
 from senca.errors import SencaInputError
 from senca.evaluation import markers as find_markers
 from senca.pipeline import LABEL_KEY, REGION_KEY, RunResult
@@ -27,12 +34,86 @@ OUTPUT_FILES = ("regions.csv", "senca.h5ad", "regions.png", "umap.png", "markers
                 "metrics.json", "config.toml", "report.html")
 
 
-def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse an existing, non-empty output folder unless ``force``."""
-    if out.exists() and not out.is_dir():
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable(folder: Path, out: Path) -> None:
+    """Create and remove a file in ``folder``: permission bits say little for root or read-only mounts."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise SencaInputError(f"{out}: cannot write in {folder} ({err.strerror or err}); choose another --out") from err
+
+
+def _overlaps(out: Path, inputs: Iterable[str | Path | None]) -> str | None:
+    for given in inputs:
+        if not given:
+            continue
+        path = Path(given).resolve()
+        if path == out:
+            return f"it is the input {given}"
+        if out in path.parents:
+            return f"it contains the input {given}"
+        if path in out.parents:
+            return f"it lies inside the input {given}"
+    return None
+
+
+def check_output_dir(out: Path, force: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Check ``--out`` before any work; return the folder the outputs will go to.
+
+    Refuses an existing non-empty folder unless ``force``, any folder that is, contains or lies
+    inside one of ``inputs`` (``--force`` would delete them), and a place where nothing can be
+    written. A symlink is followed: the outputs replace its target and the link stays. Leftover
+    staging folders of runs that were killed are removed.
+    """
+    out = Path(out)
+    target = out.resolve()
+    if out.is_symlink():
+        logger.info("%s is a symlink; the outputs go to its target %s", out, target)
+    problem = _overlaps(target, inputs)
+    if problem:
+        raise SencaInputError(f"{out}: not usable as --out: {problem}; choose an output folder apart from the inputs")
+    if target.exists() and not target.is_dir():
         raise SencaInputError(f"{out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if target.is_dir() and any(target.iterdir()) and not force:
         raise SencaInputError(f"{out}: output folder exists and is not empty; pass --force to replace it, or choose another --out")
+    _check_writable(_nearest_existing(target.parent), out)
+    _recover(target)
+    return target
+
+
+def _recover(target: Path) -> None:
+    """Clean up after runs killed while writing: their staging folders, and a half-done replacement."""
+    if not target.parent.is_dir():
+        return
+    remove_dead_runs(target.parent, f".{target.name}.", ".partial")
+    previous = target.with_name(f".{target.name}.previous")
+    if previous.is_dir() and not previous.is_symlink():
+        if target.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+        else:  # killed between moving the old outputs aside and moving the new ones in
+            previous.rename(target)
+            logger.warning("%s: restored the previous outputs, which an interrupted run had moved aside", target)
+
+
+def _estimated_bytes(adata: ad.AnnData) -> int:
+    """An upper bound of the outputs' size: the section's arrays uncompressed, images, plots."""
+    arrays = [adata.X, *adata.obsm.values(), *adata.layers.values()]
+    for library in adata.uns.get("spatial", {}).values():
+        arrays += list(library.get("images", {}).values()) if isinstance(library, dict) else []
+    total = 0
+    for array in arrays:
+        total += sum(getattr(array, name).nbytes for name in ("data", "indices", "indptr")) if sp.issparse(array) \
+            else getattr(array, "nbytes", 0)
+    return total + 50 * 2**20 + 200 * adata.n_obs
 
 
 def _region_table(adata: ad.AnnData) -> pd.DataFrame:
@@ -70,32 +151,59 @@ def _h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
 def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: str, force: bool = False) -> Path:
     """Write every output of a run into ``out``, atomically.
 
-    Everything is written into a temporary folder beside ``out`` and moved into place only when
-    all files exist; on any failure the temporary folder is removed and ``out`` is untouched.
+    Everything is written into a temporary folder beside ``out`` (beside a symlink's target)
+    and moved into place only when all files exist; on any failure or interrupt the temporary
+    folder is removed and ``out`` is untouched. A disk too small for the outputs, known before
+    or found while writing, is a :class:`SencaInputError`.
 
     Returns
     -------
     ``out``.
     """
-    out = Path(out)
-    check_output_dir(out, force)
+    given = Path(out)
+    out = check_output_dir(given, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    free, needed = shutil.disk_usage(out.parent).free, _estimated_bytes(result.adata)
+    if free < needed:
+        raise SencaInputError(f"{given}: {free / 2**20:.0f} MiB free on its disk, the outputs may need up to "
+                              f"{needed / 2**20:.0f} MiB; free some space or choose another --out")
+    staging = Path(tempfile.mkdtemp(prefix=owned_prefix(f".{out.name}."), suffix=".partial", dir=out.parent))
     try:
         _write_all(result, settings, staging, title)
-        if out.exists():
-            previous = out.with_name(f".{out.name}.previous")
-            shutil.rmtree(previous, ignore_errors=True)
-            out.rename(previous)
-            staging.rename(out)
-            shutil.rmtree(previous)
-        else:
-            staging.rename(out)
+        # Signals wait until the swap is done, so an interrupt never leaves --out missing.
+        with _signals_held():
+            if out.exists():
+                previous = out.with_name(f".{out.name}.previous")
+                shutil.rmtree(previous, ignore_errors=True)
+                out.rename(previous)
+                staging.rename(out)
+                shutil.rmtree(previous)
+            else:
+                staging.rename(out)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if err.errno in _NO_SPACE or "No space left" in str(err):
+            raise SencaInputError(f"{given}: the disk filled up while writing the outputs ({err.strerror or err}); "
+                                  "nothing was written; free some space or choose another --out") from err
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("outputs written to %s", out)
-    return out
+    logger.info("outputs written to %s", given)
+    return given
+
+
+@contextlib.contextmanager
+def _signals_held():
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: str) -> None:

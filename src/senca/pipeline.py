@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import resource
 import tempfile
 import time
@@ -22,6 +23,7 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from senca import io
+from senca._process import die_with_parent, owned_prefix, remove_dead_runs
 from senca.clustering import cluster, consensus_labels
 from senca.errors import SencaInputError
 from senca.evaluation import n_clusters_from_labels, score
@@ -38,6 +40,7 @@ LABEL_KEY = "label"
 REGION_KEY = "senca_region"
 # Seed of restart r: seed + r * step, so restarts of seeds 0, 1, 2 never share a seed.
 _RESTART_SEED_STEP = 1000
+_RESTARTS_STEM = "senca-restarts-"
 
 
 def restart_seeds(settings: RunSettings) -> list[int]:
@@ -88,20 +91,35 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
             model = _train_one(adata, config.replace(seed=seed), patches, image_features, device, progress)
             out.append((model, model.get_latent_representation()))
         return out
-    with tempfile.TemporaryDirectory(prefix="senca-restarts-") as tmp, ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        folders = [str(Path(tmp) / f"restart-{seed}") for seed in seeds]
-        futures = [pool.submit(_train_in_worker, adata, config.replace(seed=seed), patches, image_features, folder)
-                   for seed, folder in zip(seeds, folders)]
+    remove_dead_runs(Path(tempfile.gettempdir()), _RESTARTS_STEM)
+    with tempfile.TemporaryDirectory(prefix=owned_prefix(_RESTARTS_STEM)) as tmp:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
         try:
+            folders = [str(Path(tmp) / f"restart-{seed}") for seed in seeds]
+            futures = [pool.submit(_train_in_worker, adata, config.replace(seed=seed), patches, image_features, folder)
+                       for seed, folder in zip(seeds, folders)]
             embeddings = [future.result() for future in tqdm(futures, desc="restarts", unit="run", disable=not progress)]
         except BrokenProcessPool as err:
             raise RuntimeError(f"a training restart process died ({err}); the usual cause is memory: each of the "
                                f"{jobs} processes holds its own copy of the section, so lower restart_jobs "
                                f"(--jobs)") from err
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or failed: end the workers now instead of waiting for their training.
+            _stop_workers(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         # The saved models keep the image features, so the ResNet need not run again.
         return [(SENCA.load(folder, adata, image_features=image_features, device=device), embedding)
                 for folder, embedding in zip(folders, embeddings)]
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor offers no public way to end running tasks before Python 3.14.
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def _region_order(name: str) -> tuple[int, str]:

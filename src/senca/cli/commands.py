@@ -77,9 +77,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         model_changes["image_backbone"] = args.image_arch
     settings.model = settings.model.replace(**model_changes)
     _apply_common(settings, args)
-    if settings.clustering.k is not None and settings.clustering.k < 2:
-        raise SencaInputError(f"--k {settings.clustering.k}: expected at least 2 regions")
-    return settings
+    return settings.validate(f"{args.config} with the flags" if args.config else "flags")
 
 
 def _summary(metrics: dict, out: Path) -> str:
@@ -92,7 +90,9 @@ def _summary(metrics: dict, out: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     """``senca run``."""
     settings = settings_from_args(args)
-    check_output_dir(args.out, args.force)  # before hours of work, not after
+    source = settings.input
+    inputs = [source.path, source.image, source.labels, args.config, settings.image.features, settings.model.image_weights]
+    check_output_dir(args.out, args.force, inputs)  # before hours of work, not after
     adata = load_section(settings)
     result = run_section(adata, settings, progress=not args.quiet)
     title = settings.input.sample or Path(settings.input.path).name
@@ -111,6 +111,7 @@ def demo(args: argparse.Namespace) -> int:
     if args.epochs is None:
         args.epochs = DEMO_EPOCHS  # a short schedule so the demo answers in minutes on a laptop CPU
     _apply_common(settings, args)
+    settings.validate("flags")
     check_output_dir(args.out, args.force)
     progress = not args.quiet
     adata = simulate_tissue(n_spots=args.n_spots, grid=args.grid, seed=settings.seed)

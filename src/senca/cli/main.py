@@ -6,8 +6,11 @@ Exit codes: 0 success, 2 bad usage or bad input (one clear line), 1 internal err
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from senca import __version__
@@ -101,22 +104,44 @@ def configure_logging(quiet: bool) -> None:
     logger.propagate = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (partial outputs, workers)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``senca`` command."""
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
     try:
-        # Imported here so that --help and usage errors answer instantly.
-        from senca.cli.commands import demo, run
-        return run(args) if args.command == "run" else demo(args)
+        with _sigterm_as_interrupt():
+            # Imported here so that --help and usage errors answer instantly.
+            from senca.cli.commands import demo, run
+            return run(args) if args.command == "run" else demo(args)
     except SencaInputError as err:
         if args.debug:
             raise
         print(f"senca: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("senca: interrupted; no outputs were written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"senca: {'terminated' if isinstance(err, Terminated) else 'interrupted'}; no outputs were written",
+              file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     except Exception as err:  # noqa: BLE001 - the promise is exit code 1 and one line
         if args.debug:
             raise
