@@ -61,12 +61,17 @@ def _read_counts(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
     spots = pd.Index(table.index.astype(str))
     require_unique(spots, path, "spot ids (row names) of the counts table")
     genes = pd.Index(table.columns.astype(str))
-    non_numeric = [c for c, t in table.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
-    if non_numeric:
-        raise SencaInputError(
-            f"{path}: counts table column(s) {', '.join(map(repr, non_numeric[:5]))} are not numeric; "
-            "expected spots x genes counts with spot ids as row names"
-        )
+    for column in [c for c, t in table.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]:
+        # pandas leaves a column as text when one value is too large for 64 bits; parse it here.
+        converted = pd.to_numeric(table[column], errors="coerce")
+        bad = converted.isna() & table[column].notna()
+        if bad.any():
+            raise SencaInputError(
+                f"{path}: counts table column {str(column)!r} holds {int(bad.sum())} value(s) that are not numbers "
+                f"(e.g. {table[column][bad].iloc[0]!r} in row {spots[np.flatnonzero(bad.to_numpy())[0]]!r}); "
+                "expected spots x genes counts with spot ids as row names"
+            )
+        table[column] = converted
     return validate_counts(table.to_numpy(dtype=np.float32), path), spots, genes
 
 
