@@ -19,6 +19,7 @@ import gzip
 import io as stdio
 import json
 import math
+import re
 import struct
 import tempfile
 import zlib
@@ -247,8 +248,13 @@ def visium_section(draw) -> dict:
                   st.sampled_from(JSON_VALUES)),
         st.tuples(st.just("json-bytes"), byte_mutation),
         st.tuples(st.just("position-cell"), st.integers(0, n - 1), st.integers(1, 5), st.sampled_from(TOKENS)),
+        st.tuples(st.just("mtx-bytes"), byte_mutation),
+        st.tuples(st.just("mtx-cell"), st.integers(0, 40), st.integers(0, 2), st.sampled_from(TOKENS + ["-3", "100"])),
+        st.tuples(st.just("mtx-size"), st.integers(0, 2), st.sampled_from(["0", "1", "2", "99", "-1", "1e3", "x",
+                                                                          "99999999999999999999999"])),
     ))
-    return {"dense": dense, "header": draw(st.booleans()), "mutation": mutation}
+    matrix = "mtx" if mutation and mutation[0].startswith("mtx") else draw(st.sampled_from(["h5", "h5", "mtx"]))
+    return {"dense": dense, "header": draw(st.booleans()), "mutation": mutation, "matrix": matrix, "gz": draw(st.booleans())}
 
 
 def write_visium(spec: dict, folder: Path) -> Path:
@@ -269,7 +275,40 @@ def write_visium(spec: dict, folder: Path) -> Path:
     if mutation and mutation[0] == "index" and len(arrays["indices"]):
         arrays["indices"][mutation[1] % len(arrays["indices"])] = mutation[2]
     (folder / "spatial").mkdir(parents=True)
-    h5 = folder / "filtered_feature_bc_matrix.h5"
+    if spec.get("matrix") == "mtx":
+        _write_mtx(spec, dense, folder / "filtered_feature_bc_matrix")
+    else:
+        _write_h5(spec, arrays, n, n_genes, folder / "filtered_feature_bc_matrix.h5")
+    _write_spatial(spec, n, folder)
+    return folder
+
+
+def _write_mtx(spec: dict, dense: np.ndarray, folder: Path) -> None:
+    n, n_genes = dense.shape
+    entries = [[str(g + 1), str(b + 1), str(int(dense[b, g]))] for g in range(n_genes) for b in range(n) if dense[b, g]]
+    size = [str(n_genes), str(n), str(len(entries))]
+    mutation = spec["mutation"]
+    if mutation and mutation[0] == "mtx-cell" and entries:
+        entries[mutation[1] % len(entries)][mutation[2]] = mutation[3]
+    if mutation and mutation[0] == "mtx-size":
+        size[mutation[1]] = mutation[2]
+    text = ("%%MatrixMarket matrix coordinate integer general\n%metadata_json: {}\n" + " ".join(size) + "\n"
+            + "".join(" ".join(e) + "\n" for e in entries)).encode()
+    if mutation and mutation[0] == "mtx-bytes" and mutation[1]:
+        text = _mutate_bytes(gzip.compress(text, mtime=0) if spec["gz"] else text, *mutation[1])
+    elif spec["gz"]:
+        text = gzip.compress(text, mtime=0)
+    folder.mkdir()
+    suffix = ".gz" if spec["gz"] else ""
+    (folder / f"matrix.mtx{suffix}").write_bytes(text)
+    features = "".join(f"E{j}\tG{j}\tGene Expression\n" for j in range(n_genes)).encode()
+    barcodes = "".join(f"BC{i}-1\n" for i in range(n)).encode()
+    (folder / f"features.tsv{suffix}").write_bytes(gzip.compress(features, mtime=0) if spec["gz"] else features)
+    (folder / f"barcodes.tsv{suffix}").write_bytes(gzip.compress(barcodes, mtime=0) if spec["gz"] else barcodes)
+
+
+def _write_h5(spec: dict, arrays: dict, n: int, n_genes: int, h5: Path) -> None:
+    mutation = spec["mutation"]
     with h5py.File(h5, "w") as f:
         g = f.create_group("matrix")
         for name, value in arrays.items():
@@ -281,6 +320,10 @@ def write_visium(spec: dict, folder: Path) -> Path:
         features["feature_type"] = np.array(["Gene Expression"] * n_genes, dtype="S")
     if mutation and mutation[0] == "h5-bytes" and mutation[1]:
         h5.write_bytes(_mutate_bytes(h5.read_bytes(), *mutation[1]))
+
+
+def _write_spatial(spec: dict, n: int, folder: Path) -> None:
+    mutation = spec["mutation"]
     rows = [[f"BC{i}-1", "1", str(i // 3), str(i % 3), str(100 + 100 * (i // 3)), str(100 + 100 * (i % 3))] for i in range(n)]
     if mutation and mutation[0] == "position-cell":
         rows[mutation[1]][mutation[2]] = mutation[3]
@@ -300,17 +343,57 @@ def write_visium(spec: dict, folder: Path) -> Path:
     (folder / "spatial" / "scalefactors_json.json").write_bytes(json_bytes)
     from PIL import Image
     Image.new("RGB", (300, 300), (210, 160, 200)).save(folder / "spatial" / "tissue_lowres_image.png")
-    return folder
+
+
+def _oracle_mtx(folder: Path) -> tuple[np.ndarray, list[str]] | None:
+    """Independent reading of a MatrixMarket folder: (spots x genes dense counts, barcodes), or None."""
+    suffix = ".gz" if (folder / "matrix.mtx.gz").exists() else ""
+    text = _read_text(folder / f"matrix.mtx{suffix}")
+    if text is None:
+        return None
+    lines = text.split("\n")
+    if not re.match(r"%%MatrixMarket\s+matrix\s+coordinate\s+(integer|real)\s+general", lines[0], re.I):
+        return None
+    body = [line for line in lines[1:] if not line.startswith("%")]
+    size = body[0].split() if body else []
+    if len(size) != 3 or not all(re.fullmatch(r"[0-9]+", v) for v in size):
+        return None
+    n_genes, n, n_entries = map(int, size)
+    entries = [line.split() for line in body[1:] if line.strip()]
+    if len(entries) != n_entries or any(len(e) != 3 for e in entries) or n_genes > 10**6 or n > 10**6:
+        return None
+    dense = np.zeros((n, n_genes))
+    for gene, spot, count in entries:
+        gene, spot, value = _number(gene), _number(spot), _number(count)
+        if gene is None or spot is None or value is None or not (math.isfinite(gene) and math.isfinite(spot)):
+            return None
+        if gene != int(gene) or spot != int(spot):
+            return None
+        if not 1 <= gene <= n_genes or not 1 <= spot <= n:
+            return None
+        dense[int(spot) - 1, int(gene) - 1] += value
+    if not np.isfinite(dense).all() or (dense < 0).any() or not dense.any() or dense.max() > np.finfo(np.float32).max:
+        return None
+    if len(_read_text(folder / f"features.tsv{suffix}").splitlines()) != n_genes:
+        return None
+    return dense, [f"BC{i}-1" for i in range(n)] if n == len(_read_text(folder / f"barcodes.tsv{suffix}").split()) else None
 
 
 def oracle_visium(folder: Path) -> dict | None:
-    """Independent reading of a Space Ranger folder (h5py and loops, no scipy)."""
+    """Independent reading of a Space Ranger folder (h5py, text and loops, no scipy)."""
+    if (folder / "filtered_feature_bc_matrix").is_dir():
+        found = _oracle_mtx(folder / "filtered_feature_bc_matrix")
+        if found is None or found[1] is None:
+            return None
+        dense, barcodes = found
+        return _oracle_spatial(folder, dense, barcodes)
     try:
         with h5py.File(folder / "filtered_feature_bc_matrix.h5", "r") as f:
             g = f["matrix"]
             data, indices, indptr, shape = (np.asarray(g[k][()]) for k in ("data", "indices", "indptr", "shape"))
             barcodes = [b.decode() for b in g["barcodes"][()]]
             names = [b.decode() for b in g["features/name"][()]]
+            others = [[b.decode() for b in g[f"features/{k}"][()]] for k in ("id", "feature_type")]
     except Exception:  # noqa: BLE001 - the oracle only needs to know that the file cannot be read
         return None
     if shape.shape != (2,) or shape.dtype.kind not in "iu" or (shape < 0).any():
@@ -318,7 +401,7 @@ def oracle_visium(folder: Path) -> dict | None:
     n_genes, n = int(shape[0]), int(shape[1])
     if indices.ndim != 1 or indptr.ndim != 1 or data.ndim != 1 or len(indptr) != n + 1 or len(indices) != len(data):
         return None
-    if len(names) != n_genes or len(barcodes) != n:
+    if len(names) != n_genes or len(barcodes) != n or any(len(o) != n_genes for o in others):
         return None
     dense = np.zeros((n, n_genes), dtype=np.float64)
     for spot in range(n):
@@ -331,6 +414,11 @@ def oracle_visium(folder: Path) -> dict | None:
             dense[spot, int(indices[k])] += float(data[k])
     if int(indptr[0]) != 0 or int(indptr[-1]) != len(data) or (dense < 0).any() or not dense.any():
         return None
+    return _oracle_spatial(folder, dense, barcodes)
+
+
+def _oracle_spatial(folder: Path, dense: np.ndarray, barcodes: list[str]) -> dict | None:
+    n = len(barcodes)
     try:
         scalefactors = json.loads((folder / "spatial" / "scalefactors_json.json").read_bytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -243,3 +243,21 @@ def test_truncated_gz_of_labels_and_counts(tmp_path):
         f.write(b"\xff\xfe\x00garbage\n\x00\x01")
     with pytest.raises(SencaInputError, match=r"S\.tsv\.gz"):
         io.read_st(counts, spots)
+
+
+@pytest.mark.parametrize("size, entry", [("3 6 99999999999999999999999", None), ("3 999999999999999 18", None),
+                                         (None, "99999999999999999999999 1 5"), (None, "1 -inf 5"), (None, "1 2 nan")])
+def test_mtx_sizes_and_indices_beyond_any_matrix(tmp_path, size, entry):
+    from test_io_mtx import visium_with_mtx
+
+    folder = visium_with_mtx(tmp_path, gz=False)
+    path = folder / "filtered_feature_bc_matrix" / "matrix.mtx"
+    lines = path.read_text().splitlines()
+    body = next(i for i, line in enumerate(lines) if not line.startswith("%"))
+    if size:
+        lines[body] = size
+    if entry:
+        lines[body + 1] = entry
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SencaInputError, match=r"matrix\.mtx"):
+        io.read_visium(folder)

@@ -123,12 +123,13 @@ def _read_matrix_market(path: Path) -> sp.csr_matrix:
             while line.startswith("%"):
                 line = f.readline()
             size = line.split()
-            if len(size) != 3 or not all(v.isdigit() for v in size):
-                raise SencaInputError(f"{path}: size line {line.strip()[:80]!r}; expected 'n_genes n_barcodes n_entries'")
+            if len(size) != 3 or not all(re.fullmatch(r"[0-9]{1,12}", v) for v in size):
+                raise SencaInputError(f"{path}: size line {line.strip()[:80]!r}; expected 'n_genes n_barcodes n_entries' "
+                                      "(three whole numbers below 10**12)")
             n_genes, n_spots, n_entries = (int(v) for v in size)
             entries = pd.read_csv(f, sep=r"\s+", header=None, names=["gene", "spot", "count"], comment="%",
                                   dtype={"gene": np.int64, "spot": np.int64, "count": np.float64}, engine="c")
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, pd.errors.ParserError) as err:
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, OverflowError, pd.errors.ParserError) as err:
         raise SencaInputError(f"{path}: cannot read the MatrixMarket counts ({err})") from err
     if len(entries) != n_entries:
         raise SencaInputError(f"{path}: {len(entries)} entries; the size line declares {n_entries}")
