@@ -261,3 +261,36 @@ def test_mtx_sizes_and_indices_beyond_any_matrix(tmp_path, size, entry):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(SencaInputError, match=r"matrix\.mtx"):
         io.read_visium(folder)
+
+
+def test_image_that_does_not_fit_the_spots_is_called_out(tmp_path, caplog):
+    from senca.image import extract_patches
+
+    counts, spots, _, _ = write_st(tmp_path)
+    rng = np.random.default_rng(0)
+    tissue = rng.integers(60, 200, (1200, 1200, 3), dtype=np.uint8)
+    Image.fromarray(tissue).save(tmp_path / "fits.png")
+    glass = np.full((1200, 1200, 3), 245, np.uint8)
+    glass[:, :300] = tissue[:, :300]  # the tissue lies left of the spots
+    Image.fromarray(glass).save(tmp_path / "other.png")
+    with caplog.at_level("WARNING"):
+        extract_patches(io.read_st(counts, spots, image=tmp_path / "fits.png", image_scale=1.0), show_progress=False)
+    assert "image is not this section's" not in caplog.text
+    with caplog.at_level("WARNING"):
+        extract_patches(io.read_st(counts, spots, image=tmp_path / "other.png", image_scale=1.0), show_progress=False)
+    assert "12 fall on blank background" in caplog.text and "image is not this section's or its scale factor is wrong" in caplog.text
+
+
+@pytest.mark.realdata
+def test_another_sections_image_is_called_out(caplog):
+    from conftest import DATA, require
+    from senca.image import extract_patches
+
+    image = DATA / "her2st" / "ST-imgs" / "A" / "A1" / "A1_HE_display_2000px.png"
+    require(image)
+    with caplog.at_level("WARNING"):
+        extract_patches(io.read(DATA / "her2st", sample="A1", image=image, image_scale=0.28761), show_progress=False)
+    assert "not this section's" not in caplog.text
+    with caplog.at_level("WARNING"):
+        extract_patches(io.read(DATA / "her2st", sample="C1", image=image, image_scale=0.28761), show_progress=False)
+    assert "55 fall on blank background" in caplog.text and "not this section's" in caplog.text

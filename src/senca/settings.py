@@ -190,7 +190,7 @@ _RANGES: list[tuple[str | None, str, Any, str]] = [
     ("clustering", "k", lambda v: v >= 2, "at least 2 regions"),
     ("clustering", "restarts", lambda v: v >= 1, "an integer >= 1"),
     ("clustering", "restart_jobs", lambda v: v >= 1, "an integer >= 1"),
-    ("model", "lr", lambda v: v > 0, "a positive learning rate"),
+    ("model", "lr", lambda v: 0 < v <= 1, "a positive learning rate up to 1"),
     ("model", "weight_decay", lambda v: v >= 0, ">= 0"),
     ("model", "dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model", "temperature", lambda v: v > 0, "> 0"),
