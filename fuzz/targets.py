@@ -89,6 +89,16 @@ def _number(text: str) -> float | None:
         return None
 
 
+def _positive(value, upper: float) -> bool:
+    """The oracle's rule for a scale factor: a JSON/Python number (not a bool) in (0, upper]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return 0 < float(value) <= upper
+    except OverflowError:
+        return False
+
+
 def _read_text(path: Path) -> str | None:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
@@ -425,16 +435,8 @@ def _oracle_spatial(folder: Path, dense: np.ndarray, barcodes: list[str]) -> dic
         return None
     if not isinstance(scalefactors, dict):
         return None
-    for key, upper in (("spot_diameter_fullres", 1e8), ("tissue_lowres_scalef", 100.0)):
-        value = scalefactors.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
-        try:
-            value = float(value)
-        except OverflowError:
-            return None
-        if not (math.isfinite(value) and 0 < value <= upper):
-            return None
+    if not _positive(scalefactors.get("spot_diameter_fullres"), 1e8) or not _positive(scalefactors.get("tissue_lowres_scalef"), 100):
+        return None
     path = next(folder.glob("spatial/tissue_positions*.csv"))
     rows = _rows(path.read_text(errors="replace"), ",")
     if path.name == "tissue_positions.csv":
@@ -548,16 +550,8 @@ def oracle_adata(spec: dict) -> dict | None:
     if scalefactors is not None:
         if not isinstance(scalefactors, dict):
             return None
-        for key, upper in (("tissue_hires_scalef", 100.0), ("spot_diameter_fullres", 1e8)):
-            value = scalefactors[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return None
-            try:
-                value = float(value)
-            except OverflowError:
-                return None
-            if not (math.isfinite(value) and 0 < value <= upper):
-                return None
+        if not _positive(scalefactors["tissue_hires_scalef"], 100) or not _positive(scalefactors["spot_diameter_fullres"], 1e8):
+            return None
         nearest = [min(math.dist(p, q) for j, q in enumerate(spatial) if j != i and math.dist(p, q) > 0)
                    for i, p in enumerate(spatial) if any(math.dist(p, q) > 0 for q in spatial)]
         if not 0.02 <= float(scalefactors["spot_diameter_fullres"]) / float(np.median(nearest)) <= 20:

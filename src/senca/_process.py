@@ -6,13 +6,16 @@ behind; they carry the run's pid so that the next run can tell them from a live 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +79,29 @@ def die_with_parent(parent: int, interval: float = 0.5) -> None:
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
     threading.Thread(target=_exit_when_orphaned, args=(parent, interval), daemon=True).start()
+
+
+@contextlib.contextmanager
+def _main_thread_setting(apply: Callable[[], Any], restore: Callable[[Any], Any]) -> Iterator[None]:
+    # Signal handlers and masks belong to the main thread; elsewhere the block runs unchanged.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = apply()
+    try:
+        yield
+    finally:
+        restore(previous)
+
+
+def signal_handler(signum: int, handler: Callable) -> contextlib.AbstractContextManager:
+    """Install ``handler`` for ``signum`` during a block (main thread only), then restore the previous one."""
+    return _main_thread_setting(lambda: signal.signal(signum, handler), lambda previous: signal.signal(signum, previous))
+
+
+def signals_held(*signums: int) -> contextlib.AbstractContextManager:
+    """Hold ``signums`` during a block, delivered after it: for steps that must not stop halfway."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return contextlib.nullcontext()
+    return _main_thread_setting(lambda: signal.pthread_sigmask(signal.SIG_BLOCK, set(signums)),
+                                lambda previous: signal.pthread_sigmask(signal.SIG_SETMASK, previous))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
 import shutil
 import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -21,7 +19,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from senca import plotting
-from senca._process import owned_prefix, remove_dead_runs
+from senca._process import owned_prefix, remove_dead_runs, signals_held
 from senca.errors import SencaInputError
 from senca.evaluation import markers as find_markers
 from senca.pipeline import LABEL_KEY, REGION_KEY, RunResult
@@ -171,7 +169,7 @@ def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: st
     try:
         _write_all(result, settings, staging, title)
         # Signals wait until the swap is done, so an interrupt never leaves --out missing.
-        with _signals_held():
+        with signals_held(signal.SIGINT, signal.SIGTERM):
             if out.exists():
                 previous = out.with_name(f".{out.name}.previous")
                 shutil.rmtree(previous, ignore_errors=True)
@@ -191,19 +189,6 @@ def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: st
         raise
     logger.info("outputs written to %s", given)
     return given
-
-
-@contextlib.contextmanager
-def _signals_held():
-    held = {signal.SIGINT, signal.SIGTERM}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: str) -> None:

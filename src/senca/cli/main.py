@@ -6,14 +6,13 @@ Exit codes: 0 success, 2 bad usage or bad input (one clear line), 1 internal err
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from senca import __version__
+from senca._process import signal_handler
 from senca.errors import SencaInputError
 
 logger = logging.getLogger("senca")
@@ -112,24 +111,12 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``senca`` command."""
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
     try:
-        with _sigterm_as_interrupt():
+        with signal_handler(signal.SIGTERM, _terminate):
             # Imported here so that --help and usage errors answer instantly.
             from senca.cli.commands import demo, run
             return run(args) if args.command == "run" else demo(args)
