@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,7 +26,10 @@ from senca.cli.main import main
 from senca.errors import SencaInputError
 from senca.settings import RunSettings
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
+import faults  # noqa: E402
+
+SRC = faults.SRC
 
 
 # ---- --out against the inputs --------------------------------------------------------------
@@ -126,9 +126,13 @@ def test_disk_full_while_writing_is_one_line_and_leaves_nothing(tmp_path, monkey
 
 def test_too_little_free_space_found_before_writing(tmp_path, monkeypatch):
     monkeypatch.setattr(outputs, "_write_all", fake_writer())
-    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: SimpleNamespace(free=1024, total=2048, used=1024))
-    with pytest.raises(SencaInputError, match=r"out: 0 MiB free on its disk, the outputs may need up to 50 MiB"):
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: SimpleNamespace(free=60 * 2**20, total=0, used=0))
+    monkeypatch.setattr(outputs, "_estimated_bytes", lambda adata: 70 * 2**20)
+    with pytest.raises(SencaInputError, match=r"out: 60 MiB free on its disk, the outputs may need up to 70 MiB"):
         outputs.write_outputs(small_result(), RunSettings(), tmp_path / "out", "t")
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: SimpleNamespace(free=1024, total=0, used=0))
+    with pytest.raises(SencaInputError, match=r"out: 0 MiB free on its disk; the outputs need at least 50 MiB"):
+        outputs.check_output_dir(tmp_path / "out", force=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -145,7 +149,10 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path, monkeypatch):
             big.write_h5ad(folder / "senca.h5ad")  # 1.4 MB, uncompressed
 
         monkeypatch.setattr(outputs, "_write_all", write_all)
+        with pytest.raises(SencaInputError, match=r"out: 1 MiB free on its disk; the outputs need at least 50 MiB"):
+            outputs.check_output_dir(mount / "out", force=True)
         monkeypatch.setattr(outputs, "_estimated_bytes", lambda adata: 0)  # reach the disk for real
+        monkeypatch.setattr(outputs, "MIN_FREE_BYTES", 0)
         (mount / "out").mkdir()
         (mount / "out" / "kept.txt").write_text("previous outputs")
         with pytest.raises(SencaInputError, match=r"out: the disk filled up while writing the outputs"):
@@ -208,146 +215,44 @@ def test_settings_checked_before_any_data_is_read(tmp_path, capsys):
 
 
 # ---- signals -------------------------------------------------------------------------------
+# The scenarios live in fuzz/faults.py, which also measures them for fuzz/FAULTS.md.
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find child processes")
 
 
-def children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc)."""
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-        except OSError:
-            continue
-        if fields.get("PPid", "").strip() == str(pid) and fields.get("State", "").strip()[:1] != "Z":
-            found.append(int(status.parent.name))
-    return found
-
-
-def workers_of(pid: int) -> list[int]:
-    """The spawned worker processes among ``pid``'s children."""
-    found = []
-    for child in children(pid):
-        try:
-            if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
-                found.append(child)
-        except OSError:
-            continue
-    return found
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def wait_for(condition, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def section(tmp_path_factory):
-    from senca.simulation import simulate_tissue
-    path = tmp_path_factory.mktemp("section") / "sim.h5ad"
-    simulate_tissue(n_spots=200, seed=0).write_h5ad(path)
-    return path
-
-
-# The driver runs the real command; with SENCA_TEST_HOLD_WRITE it stops after the outputs are
-# written into the staging folder, before they are moved into place, so that a signal lands there.
-DRIVER = textwrap.dedent("""
-    import os, sys, time
-    import senca.outputs as outputs
-    if os.environ.get("SENCA_TEST_HOLD_WRITE"):
-        write_all = outputs._write_all
-        def held(*args):
-            write_all(*args)
-            print("WRITTEN", flush=True)
-            time.sleep(600)
-        outputs._write_all = held
-    from senca.cli.main import main
-    sys.exit(main(sys.argv[1:]))
-""")
-
-
-def start(tmp_path, args, hold_write=False):
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    if hold_write:
-        env["SENCA_TEST_HOLD_WRITE"] = "1"
-    return subprocess.Popen([sys.executable, "-c", DRIVER, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return faults.make_section(tmp_path_factory.mktemp("section"))
 
 
 @linux_only
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_parallel_training_ends_workers_and_leaves_nothing(tmp_path, section, signum, code):
-    out = tmp_path / "out"
-    proc = start(tmp_path, ["run", str(section), "--out", str(out), "--restarts", "2", "--jobs", "2", "-q"])
-    try:
-        wait_for(lambda: list((tmp_path / "tmp").glob("senca-restarts-*")), 240, "the restart folder")
-        workers = wait_for(lambda: workers_of(proc.pid), 120, "restart workers")
-        time.sleep(3)  # the workers are importing torch or training
-        proc.send_signal(signum)
-        returncode = proc.wait(timeout=60)  # a hang guard, not a speed requirement
-    finally:
-        proc.kill()
-    err = proc.stderr.read()
-    assert returncode == code, err
-    assert ("terminated" if signum == signal.SIGTERM else "interrupted") in err
-    wait_for(lambda: not any(map(running, workers)) or None, 30, "workers to end")
-    assert not out.exists() and not list(tmp_path.glob(".out.*"))
-    assert not list((tmp_path / "tmp").glob("senca-restarts-*"))
+    result = faults.signal_during_training(tmp_path, section, signum)
+    assert result["exit code"] == code, result
+    assert result["message"] == [f"senca: {'terminated' if code == 143 else 'interrupted'}; no outputs were written"]
+    assert result["workers"] == 2 and result["workers still running"] == 0
+    assert not result["out exists"] and result["partial folders left"] == 0 and result["restart folders left"] == 0
 
 
 @linux_only
 def test_workers_die_with_a_killed_parent(tmp_path, section):
-    proc = start(tmp_path, ["run", str(section), "--out", str(tmp_path / "out"), "--restarts", "2", "--jobs", "2", "-q"])
-    try:
-        wait_for(lambda: list((tmp_path / "tmp").glob("senca-restarts-*")), 240, "the restart folder")
-        workers = wait_for(lambda: workers_of(proc.pid), 120, "restart workers")
-        time.sleep(2)
-        proc.kill()  # SIGKILL: no clean-up can run in the parent
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
-    wait_for(lambda: not any(map(running, workers)) or None, 30, "orphaned workers to end")
-    leftover = list((tmp_path / "tmp").glob("senca-restarts-*"))
-    assert leftover  # nothing could remove it ...
-    assert remove_dead_runs(tmp_path / "tmp", "senca-restarts-") == leftover  # ... until the next run
+    result = faults.kill_parent_during_training(tmp_path, section)
+    assert result["exit code"] == -signal.SIGKILL and result["workers"] == 2
+    assert result["seconds until the workers ended"] is not None and result["workers still running"] == 0
+    # nothing could remove the restart folder, until the next run
+    assert result["restart folders left"] == 1 and result["restart folders removed by the next run"] == 1
 
 
 @linux_only
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_kill_while_writing_outputs(tmp_path, section, signum):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "regions.csv").write_text("previous outputs")
-    proc = start(tmp_path, ["run", str(section), "--out", str(out), "--force", "--restarts", "1", "--epochs", "2",
-                            "--k", "3", "-q"], hold_write=True)
-    try:
-        assert proc.stdout.readline().strip() == "WRITTEN", proc.stderr.read() if proc.poll() is not None else ""
-        assert len(list(tmp_path.glob(".out.*.partial"))) == 1
-        proc.send_signal(signum)
-        returncode = proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    assert returncode == (143 if signum == signal.SIGTERM else -signal.SIGKILL)
-    assert (out / "regions.csv").read_text() == "previous outputs" and len(list(out.iterdir())) == 1
-    if signum == signal.SIGKILL:  # the partial folder of the killed run is left ...
-        assert len(list(tmp_path.glob(".out.*.partial"))) == 1
-        outputs.check_output_dir(out, force=True)  # ... and the next run removes it
-    assert not list(tmp_path.glob(".out.*"))
+    result = faults.signal_while_writing(tmp_path, section, signum)
+    assert result["exit code"] == (143 if signum == signal.SIGTERM else -signal.SIGKILL), result
+    assert result["partial folders while writing"] == 1 and result["previous outputs intact"]
+    # SIGTERM cleans up at once; after SIGKILL the partial folder stays until the next run
+    assert result["partial folders left"] == (0 if signum == signal.SIGTERM else 1)
+    assert result["partial folders after the next run's check"] == 0
 
 
 def test_die_with_parent_exits_an_orphan(tmp_path):

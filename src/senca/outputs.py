@@ -33,6 +33,8 @@ OUTPUT_FILES = ("regions.csv", "senca.h5ad", "regions.png", "umap.png", "markers
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Plots, report, tables and config of the smallest run; more is checked once the section is known.
+MIN_FREE_BYTES = 50 * 2**20
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -69,7 +71,8 @@ def check_output_dir(out: Path, force: bool, inputs: Iterable[str | Path | None]
 
     Refuses an existing non-empty folder unless ``force``, any folder that is, contains or lies
     inside one of ``inputs`` (``--force`` would delete them), and a place where nothing can be
-    written. A symlink is followed: the outputs replace its target and the link stays. Leftover
+    written or less than :data:`MIN_FREE_BYTES` is free. A symlink is followed: the outputs
+    replace its target and the link stays. Leftover
     staging folders of runs that were killed are removed.
     """
     out = Path(out)
@@ -83,7 +86,12 @@ def check_output_dir(out: Path, force: bool, inputs: Iterable[str | Path | None]
         raise SencaInputError(f"{out}: exists and is not a folder; choose another --out")
     if target.is_dir() and any(target.iterdir()) and not force:
         raise SencaInputError(f"{out}: output folder exists and is not empty; pass --force to replace it, or choose another --out")
-    _check_writable(_nearest_existing(target.parent), out)
+    existing = _nearest_existing(target.parent)
+    _check_writable(existing, out)
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise SencaInputError(f"{out}: {free / 2**20:.0f} MiB free on its disk; the outputs need at least "
+                              f"{MIN_FREE_BYTES / 2**20:.0f} MiB; free some space or choose another --out")
     _recover(target)
     return target
 
@@ -111,7 +119,7 @@ def _estimated_bytes(adata: ad.AnnData) -> int:
     for array in arrays:
         total += sum(getattr(array, name).nbytes for name in ("data", "indices", "indptr")) if sp.issparse(array) \
             else getattr(array, "nbytes", 0)
-    return total + 50 * 2**20 + 200 * adata.n_obs
+    return total + MIN_FREE_BYTES + 200 * adata.n_obs
 
 
 def _region_table(adata: ad.AnnData) -> pd.DataFrame:
