@@ -294,3 +294,17 @@ def test_another_sections_image_is_called_out(caplog):
     with caplog.at_level("WARNING"):
         extract_patches(io.read(DATA / "her2st", sample="C1", image=image, image_scale=0.28761), show_progress=False)
     assert "55 fall on blank background" in caplog.text and "not this section's" in caplog.text
+
+
+def test_bad_image_feature_files(tmp_path):
+    from senca.pipeline import _image_features
+
+    adata = _section()
+    cases = {"nan.npy": np.full((3, 4), np.nan), "text.npy": np.array([["a"] * 4] * 3), "shape.npy": np.ones((2, 4))}
+    for name, array in cases.items():
+        np.save(tmp_path / name, array)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "shape.npy").read_bytes()[:70])
+    for name, message in [("nan.npy", "hold 12 NaN/infinite"), ("text.npy", "dtype <U1"), ("shape.npy", r"shape \(2, 4\)"),
+                          ("cut.npy", "cannot read as a NumPy array")]:
+        with pytest.raises(SencaInputError, match=rf"{name}: .*{message}"):
+            _image_features(adata, str(tmp_path / name))

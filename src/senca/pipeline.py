@@ -159,11 +159,15 @@ def _image_features(adata: ad.AnnData, spec: str) -> np.ndarray:
         raise SencaInputError(f"{path}: image feature file not found")
     try:
         features = np.load(path, allow_pickle=False)
-    except ValueError as err:
+    except (ValueError, OSError, EOFError) as err:
         raise SencaInputError(f"{path}: cannot read as a NumPy array ({err})") from err
-    if features.ndim != 2 or features.shape[0] != adata.n_obs:
-        raise SencaInputError(f"{path}: image features have shape {features.shape}; expected ({adata.n_obs} spots, n_features)")
-    return features.astype(np.float32)
+    if features.ndim != 2 or features.shape[0] != adata.n_obs or features.dtype.kind not in "biuf":
+        raise SencaInputError(f"{path}: image features have shape {features.shape}, dtype {features.dtype}; "
+                              f"expected ({adata.n_obs} spots, n_features) numbers")
+    features = features.astype(np.float32)
+    if not np.isfinite(features).all():
+        raise SencaInputError(f"{path}: image features hold {int((~np.isfinite(features)).sum())} NaN/infinite value(s)")
+    return features
 
 
 def _prepare(adata: ad.AnnData, settings: RunSettings) -> tuple[ad.AnnData, np.ndarray | None]:
