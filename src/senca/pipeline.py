@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import resource
 import tempfile
 import time
@@ -41,6 +42,7 @@ REGION_KEY = "senca_region"
 # Seed of restart r: seed + r * step, so restarts of seeds 0, 1, 2 never share a seed.
 _RESTART_SEED_STEP = 1000
 _RESTARTS_STEM = "senca-restarts-"
+_EMBEDDING_FILE = "embedding.npy"
 
 
 def restart_seeds(settings: RunSettings) -> list[int]:
@@ -68,11 +70,13 @@ def _train_one(adata: ad.AnnData, config, patches, image_features, device: str, 
     return model
 
 
-def _train_in_worker(adata: ad.AnnData, config, patches, image_features, folder: str) -> np.ndarray:
-    """One restart in a child process: train, save the model to ``folder``, return the embedding."""
+def _train_in_worker(inputs: str, config, folder: str) -> None:
+    """One restart in a child process: read the inputs, train, save the model and embedding to ``folder``."""
+    with open(inputs, "rb") as f:
+        adata, patches, image_features = pickle.load(f)
     model = _train_one(adata, config, patches, image_features, "cpu", progress=False)
     model.save(folder)
-    return model.get_latent_representation()
+    np.save(Path(folder) / _EMBEDDING_FILE, model.get_latent_representation())
 
 
 def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_features, device: str, jobs: int,
@@ -82,8 +86,11 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
     With ``jobs > 1`` the restarts train in that many child processes (spawned: a forked
     child would inherit torch's thread pools). Each restart seeds itself and runs the same
     kernels, so the embeddings equal those of the sequential path; the models come back
-    through :meth:`SENCA.save` / :meth:`SENCA.load`. As with any spawned process, a script
-    that calls this must guard its top level with ``if __name__ == "__main__":``.
+    through :meth:`SENCA.save` / :meth:`SENCA.load`. Inputs and results pass through files in
+    a temporary folder, not the pool's pipes: a worker ended halfway through reading a large
+    message would leave the pipe's writer blocked, and an interrupted run waiting on it
+    forever. As with any spawned process, a script that calls this must guard its top level
+    with ``if __name__ == "__main__":``.
     """
     if jobs == 1:
         out = []
@@ -96,10 +103,14 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=die_with_parent, initargs=(os.getpid(),))
         try:
-            folders = [str(Path(tmp) / f"restart-{seed}") for seed in seeds]
-            futures = [pool.submit(_train_in_worker, adata, config.replace(seed=seed), patches, image_features, folder)
+            inputs = Path(tmp) / "inputs.pickle"
+            with open(inputs, "wb") as f:
+                pickle.dump((adata, patches, image_features), f, protocol=pickle.HIGHEST_PROTOCOL)
+            folders = [Path(tmp) / f"restart-{seed}" for seed in seeds]
+            futures = [pool.submit(_train_in_worker, str(inputs), config.replace(seed=seed), str(folder))
                        for seed, folder in zip(seeds, folders)]
-            embeddings = [future.result() for future in tqdm(futures, desc="restarts", unit="run", disable=not progress)]
+            for future in tqdm(futures, desc="restarts", unit="run", disable=not progress):
+                future.result()
         except BrokenProcessPool as err:
             raise RuntimeError(f"a training restart process died ({err}); the usual cause is memory: each of the "
                                f"{jobs} processes holds its own copy of the section, so lower restart_jobs "
@@ -111,8 +122,8 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         # The saved models keep the image features, so the ResNet need not run again.
-        return [(SENCA.load(folder, adata, image_features=image_features, device=device), embedding)
-                for folder, embedding in zip(folders, embeddings)]
+        return [(SENCA.load(folder, adata, image_features=image_features, device=device), np.load(folder / _EMBEDDING_FILE))
+                for folder in folders]
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
