@@ -169,8 +169,10 @@ def oracle_st(counts: Path, spots: Path) -> dict | None:
     rows = _rows(text, "\t") if text is not None else None
     if not rows or len(rows) < 2 or len(rows[0]) < 2:
         return None
-    width = len(rows[0])
-    if any(len(r) != width for r in rows):
+    width = len(rows[1])
+    # The header may lack the spot-id column (as R writes tables); every gene needs a name.
+    genes = rows[0][1:] if len(rows[0]) == width else rows[0]
+    if len(genes) != width - 1 or any(len(r) != width for r in rows[1:]) or not all(genes):
         return None
     ids = [r[0] for r in rows[1:]]
     if len(set(ids)) != len(ids):
@@ -204,7 +206,7 @@ def oracle_st(counts: Path, spots: Path) -> dict | None:
     pixels = np.array([table[i] for i in ids])
     if len(ids) < 2 or (pixels == pixels[0]).all():
         return None
-    return {"ids": ids, "X": np.array(values, dtype=np.float32), "spatial": pixels}
+    return {"ids": ids, "X": np.array(values, dtype=np.float32), "spatial": pixels, "genes": genes}
 
 
 def check_st(spec: dict) -> str:
@@ -215,6 +217,8 @@ def check_st(spec: dict) -> str:
 
 
 def _same_section(adata, expected: dict) -> None:
+    if "genes" in expected and len(set(expected["genes"])) == len(expected["genes"]) and list(adata.var_names) != expected["genes"]:
+        raise Mismatch(f"gene names {list(adata.var_names)[:4]} != {expected['genes'][:4]}")
     if list(adata.obs_names) != expected["ids"]:
         raise Mismatch(f"spot ids {list(adata.obs_names)[:4]} != {expected['ids'][:4]}")
     if not np.array_equal(adata.X.toarray(), expected["X"]):

@@ -308,3 +308,17 @@ def test_bad_image_feature_files(tmp_path):
                           ("cut.npy", "cannot read as a NumPy array")]:
         with pytest.raises(SencaInputError, match=rf"{name}: .*{message}"):
             _image_features(adata, str(tmp_path / name))
+
+
+def test_counts_header_with_an_empty_gene_name(tmp_path):
+    """A header one field short with an empty name would slide every gene name onto its neighbour."""
+    counts, spots, _, _ = write_st(tmp_path)
+    lines = gzip.decompress(counts.read_bytes()).decode().splitlines()
+    assert lines[0].startswith("\tG0\tG1")
+    r_style = tmp_path / "R.tsv"
+    r_style.write_text("\n".join([lines[0].lstrip("\t")] + lines[1:]) + "\n")  # no spot-id column: R's layout
+    assert list(io.read_st(r_style, spots).var_names) == ["G0", "G1", "G2", "G3", "G4"]
+    broken = tmp_path / "B.tsv"
+    broken.write_text("\n".join([lines[0].replace("\tG1", "aG1", 1)] + lines[1:]) + "\n")
+    with pytest.raises(SencaInputError, match=r"B\.tsv: the counts table's header has an empty gene name \(column 2\)"):
+        io.read_st(broken, spots)

@@ -13,6 +13,7 @@ Files of one section:
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import anndata as ad
@@ -61,6 +62,14 @@ def _read_counts(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
     spots = pd.Index(table.index.astype(str))
     require_unique(spots, path, "spot ids (row names) of the counts table")
     genes = pd.Index(table.columns.astype(str))
+    # pandas names an empty header field "Unnamed: i"; with a header one field short (R style) the
+    # names would then slide onto the wrong columns.
+    unnamed = [i for i, g in enumerate(genes) if re.fullmatch(r"Unnamed: \d+", g)]
+    if unnamed:
+        raise SencaInputError(
+            f"{path}: the counts table's header has an empty gene name (column {unnamed[0] + 2}); "
+            "expected one name per gene column after the spot-id column"
+        )
     for column in [c for c, t in table.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]:
         # pandas leaves a column as text when one value is too large for 64 bits; parse it here.
         converted = pd.to_numeric(table[column], errors="coerce")
