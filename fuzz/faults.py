@@ -98,8 +98,10 @@ def start(folder: Path, args: list[str], hold_write: bool = False) -> subprocess
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TMPDIR": str(folder / "tmp")}
     if hold_write:
         env["SENCA_TEST_HOLD_WRITE"] = "1"
+    # A shell starts background jobs with SIGINT ignored, and children inherit that: restore it.
     return subprocess.Popen([sys.executable, "-c", DRIVER, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _leftovers(folder: Path) -> dict:

@@ -72,8 +72,8 @@ def check_output_dir(out: Path, force: bool, inputs: Iterable[str | Path | None]
     Refuses an existing non-empty folder unless ``force``, any folder that is, contains or lies
     inside one of ``inputs`` (``--force`` would delete them), and a place where nothing can be
     written or less than :data:`MIN_FREE_BYTES` is free. A symlink is followed: the outputs
-    replace its target and the link stays. Leftover
-    staging folders of runs that were killed are removed.
+    replace its target and the link stays. Leftover staging folders of runs that were killed
+    are removed.
     """
     out = Path(out)
     target = out.resolve()
