@@ -188,6 +188,7 @@ _RANGES: list[tuple[str | None, str, Any, str]] = [
     ("image", "patch_spots", lambda v: 0 < v <= 100, "a positive number of spot diameters, at most 100"),
     ("clustering", "method", lambda v: v in ("gmm", "kmeans", "leiden"), "'gmm', 'kmeans' or 'leiden'"),
     ("clustering", "k", lambda v: v >= 2, "at least 2 regions"),
+    ("clustering", "scale", lambda v: v in ("none", "standardize", "whiten"), "'none', 'standardize' or 'whiten'"),
     ("clustering", "restarts", lambda v: v >= 1, "an integer >= 1"),
     ("clustering", "restart_jobs", lambda v: v >= 1, "an integer >= 1"),
     ("model", "lr", lambda v: 0 < v <= 1, "a positive learning rate up to 1"),
