@@ -108,6 +108,8 @@ def _read_text(path: Path) -> str | None:
 
 
 def _rows(text: str, sep: str) -> list[list[str]] | None:
+    if "\x00" in text:  # a text table never holds NUL; senca refuses it
+        return None
     try:
         rows = list(csv.reader(stdio.StringIO(text, newline=""), delimiter=sep))
     except csv.Error:

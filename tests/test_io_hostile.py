@@ -322,3 +322,12 @@ def test_counts_header_with_an_empty_gene_name(tmp_path):
     broken.write_text("\n".join([lines[0].replace("\tG1", "aG1", 1)] + lines[1:]) + "\n")
     with pytest.raises(SencaInputError, match=r"B\.tsv: the counts table's header has an empty gene name \(column 2\)"):
         io.read_st(broken, spots)
+
+
+def test_nul_bytes_in_a_table_refused(tmp_path):
+    """pandas cuts a field at a NUL byte ("2x7\\0\\0" reads as "2x7"), so such files are refused."""
+    counts, spots, _, _ = write_st(tmp_path)
+    text = gzip.decompress(counts.read_bytes())
+    counts.write_bytes(gzip.compress(text.replace(b"\tG1", b"\tG1\x00\x00", 1)))
+    with pytest.raises(SencaInputError, match=r"S\.tsv\.gz: the counts table holds NUL bytes"):
+        io.read_st(counts, spots)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import zlib
 from pathlib import Path
@@ -34,13 +35,25 @@ def read_table(path: str | Path, what: str, **kwargs) -> pd.DataFrame:
     path = require_file(path, what)
     sep = "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
     try:
+        if _holds_nul(path):  # pandas cuts fields at a NUL byte without a word
+            raise SencaInputError(f"{path}: the {what} holds NUL bytes; expected a text table (damaged or binary file?)")
         table = pd.read_csv(path, sep=sep, **kwargs)
+    except SencaInputError:
+        raise
     # ValueError covers pandas' parser errors; zlib.error and EOFError a corrupt or cut .gz.
     except (ValueError, UnicodeDecodeError, OSError, EOFError, zlib.error) as err:
         raise SencaInputError(f"{path}: cannot read the {what} as a {'CSV' if sep == ',' else 'TSV'} table ({err})") from err
     if table.shape[0] == 0:
         raise SencaInputError(f"{path}: the {what} has no rows (expected one row per spot)")
     return table
+
+
+def _holds_nul(path: Path) -> bool:
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+        while chunk := f.read(1 << 22):
+            if b"\x00" in chunk:
+                return True
+    return False
 
 
 def require_columns(table: pd.DataFrame, columns: Iterable[str], path: str | Path, what: str) -> None:
