@@ -165,7 +165,7 @@ def oracle_st(counts: Path, spots: Path) -> dict | None:
     """Independent reading of a legacy ST section: values when valid, None when senca must refuse it."""
     text = _read_text(counts)
     rows = _rows(text, "\t") if text is not None else None
-    if not rows or len(rows) < 2 or len(rows[0]) < 2:
+    if not rows or len(rows) < 2 or len(rows[1]) < 2:
         return None
     width = len(rows[1])
     # The header may lack the spot-id column (as R writes tables); every gene needs a name.

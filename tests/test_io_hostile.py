@@ -331,3 +331,14 @@ def test_nul_bytes_in_a_table_refused(tmp_path):
     counts.write_bytes(gzip.compress(text.replace(b"\tG1", b"\tG1\x00\x00", 1)))
     with pytest.raises(SencaInputError, match=r"S\.tsv\.gz: the counts table holds NUL bytes"):
         io.read_st(counts, spots)
+
+
+def test_damaged_tiff_is_an_input_error(tmp_path):
+    """A flipped byte in a TIFF tag made PIL raise TypeError (found by the fuzz run)."""
+    path = tmp_path / "img.tiff"
+    Image.fromarray(np.random.default_rng(0).random((9, 1)).astype(np.float32), mode="F").save(path)
+    data = bytearray(path.read_bytes())
+    data[int(0.4272386980870376 * len(data))] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(SencaInputError, match=r"img\.tiff: cannot read the H&E image"):
+        read_image(path)

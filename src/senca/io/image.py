@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from pathlib import Path
 
 import anndata as ad
@@ -140,7 +141,9 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             rgb = _decode(img, path)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError, EOFError) as err:
+    # A damaged file makes PIL's decoders raise any of these (a flipped TIFF tag: TypeError).
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError, EOFError,
+            TypeError, IndexError, KeyError, ZeroDivisionError, struct.error) as err:
         if isinstance(err, SencaInputError):
             raise
         raise SencaInputError(f"{path}: cannot read the H&E image ({err}); expected a PNG/JPEG/TIFF RGB image") from err
