@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from senca import plotting
+from senca._process import owned_prefix, remove_dead_runs, signals_held
 from senca.errors import SencaInputError
 from senca.io import write_h5ad, write_regions
 from senca.evaluation import markers as find_markers
@@ -36,12 +41,94 @@ MODEL_FOLDER = "model"
 SPATIALDATA_STORE = "senca.zarr"
 
 
-def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse an existing, non-empty output folder unless ``force``."""
-    if out.exists() and not out.is_dir():
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Plots, report, tables and config of the smallest run; more is checked once the section is known.
+MIN_FREE_BYTES = 50 * 2**20
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable(folder: Path, out: Path) -> None:
+    """Create and remove a file in ``folder``: permission bits say little for root or read-only mounts."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise SencaInputError(f"{out}: cannot write in {folder} ({err.strerror or err}); choose another --out") from err
+
+
+def _overlaps(out: Path, inputs: Iterable[str | Path | None]) -> str | None:
+    for given in inputs:
+        if not given:
+            continue
+        path = Path(given).resolve()
+        if path == out:
+            return f"it is the input {given}"
+        if out in path.parents:
+            return f"it contains the input {given}"
+        if path in out.parents:
+            return f"it lies inside the input {given}"
+    return None
+
+
+def check_output_dir(out: Path, force: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Check ``--out`` before any work; return the folder the outputs will go to.
+
+    Refuses an existing non-empty folder unless ``force``, any folder that is, contains or lies
+    inside one of ``inputs`` (``--force`` would delete them), and a place where nothing can be
+    written or less than :data:`MIN_FREE_BYTES` is free. A symlink is followed: the outputs
+    replace its target and the link stays. Leftover staging folders of runs that were killed
+    are removed.
+    """
+    out = Path(out)
+    target = out.resolve()
+    if out.is_symlink():
+        logger.info("%s is a symlink; the outputs go to its target %s", out, target)
+    problem = _overlaps(target, inputs)
+    if problem:
+        raise SencaInputError(f"{out}: not usable as --out: {problem}; choose an output folder apart from the inputs")
+    if target.exists() and not target.is_dir():
         raise SencaInputError(f"{out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if target.is_dir() and any(target.iterdir()) and not force:
         raise SencaInputError(f"{out}: output folder exists and is not empty; pass --force to replace it, or choose another --out")
+    existing = _nearest_existing(target.parent)
+    _check_writable(existing, out)
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise SencaInputError(f"{out}: {free / 2**20:.0f} MiB free on its disk; the outputs need at least "
+                              f"{MIN_FREE_BYTES / 2**20:.0f} MiB; free some space or choose another --out")
+    _recover(target)
+    return target
+
+
+def _recover(target: Path) -> None:
+    """Clean up after runs killed while writing: their staging folders, and a half-done replacement."""
+    if not target.parent.is_dir():
+        return
+    remove_dead_runs(target.parent, f".{target.name}.", ".partial")
+    previous = target.with_name(f".{target.name}.previous")
+    if previous.is_dir() and not previous.is_symlink():
+        if target.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+        else:  # killed between moving the old outputs aside and moving the new ones in
+            previous.rename(target)
+            logger.warning("%s: restored the previous outputs, which an interrupted run had moved aside", target)
+
+
+def _estimated_bytes(adata: ad.AnnData) -> int:
+    """An upper bound of the outputs' size: the section's arrays uncompressed, images, plots."""
+    arrays = [adata.X, *adata.obsm.values(), *adata.layers.values()]
+    for library in adata.uns.get("spatial", {}).values():
+        arrays += list(library.get("images", {}).values()) if isinstance(library, dict) else []
+    total = 0
+    for array in arrays:
+        total += sum(getattr(array, name).nbytes for name in ("data", "indices", "indptr")) if sp.issparse(array) \
+            else getattr(array, "nbytes", 0)
+    return total + MIN_FREE_BYTES + 200 * adata.n_obs
 
 
 def _region_table(adata: ad.AnnData) -> pd.DataFrame:
@@ -69,35 +156,49 @@ def write_outputs(result: RunResult, settings: RunSettings, out: Path, title: st
                   save_model: bool = False) -> Path:
     """Write every output of a run into ``out``, atomically.
 
-    Everything is written into a temporary folder beside ``out`` and moved into place only when
-    all files exist; on any failure the temporary folder is removed and ``out`` is untouched.
-    Each step is logged with its time; ``metrics.json``, written last, holds them and the wall
-    time since ``result.started``, outputs included. ``save_model`` also writes the model with
-    its section into ``out/model`` (:meth:`senca.SENCA.load` reads it without an AnnData).
+    Everything is written into a temporary folder beside ``out`` (beside a symlink's target)
+    and moved into place only when all files exist; on any failure or interrupt the temporary
+    folder is removed and ``out`` is untouched. A disk too small for the outputs, known before
+    or found while writing, is a :class:`SencaInputError`. Each step is logged with its time;
+    ``metrics.json``, written last, holds them and the wall time since ``result.started``,
+    outputs included. ``save_model`` also writes the model with its section into ``out/model``
+    (:meth:`senca.SENCA.load` reads it without an AnnData).
 
     Returns
     -------
     ``out``.
     """
-    out = Path(out)
-    check_output_dir(out, force)
+    given = Path(out)
+    out = check_output_dir(given, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    free, needed = shutil.disk_usage(out.parent).free, _estimated_bytes(result.adata)
+    if free < needed:
+        raise SencaInputError(f"{given}: {free / 2**20:.0f} MiB free on its disk, the outputs may need up to "
+                              f"{needed / 2**20:.0f} MiB; free some space or choose another --out")
+    staging = Path(tempfile.mkdtemp(prefix=owned_prefix(f".{out.name}."), suffix=".partial", dir=out.parent))
     try:
         _write_all(result, settings, staging, title, save_model)
-        if out.exists():
-            previous = out.with_name(f".{out.name}.previous")
-            shutil.rmtree(previous, ignore_errors=True)
-            out.rename(previous)
-            staging.rename(out)
-            shutil.rmtree(previous)
-        else:
-            staging.rename(out)
+        # Signals wait until the swap is done, so an interrupt never leaves --out missing.
+        with signals_held(signal.SIGINT, signal.SIGTERM):
+            if out.exists():
+                previous = out.with_name(f".{out.name}.previous")
+                shutil.rmtree(previous, ignore_errors=True)
+                out.rename(previous)
+                staging.rename(out)
+                shutil.rmtree(previous)
+            else:
+                staging.rename(out)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if err.errno in _NO_SPACE or "No space left" in str(err):
+            raise SencaInputError(f"{given}: the disk filled up while writing the outputs ({err.strerror or err}); "
+                                  "nothing was written; free some space or choose another --out") from err
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("outputs written to %s", out)
-    return out
+    logger.info("outputs written to %s", given)
+    return given
 
 
 def _write_all(result: RunResult, settings: RunSettings, folder: Path, title: str, save_model: bool) -> None:

@@ -9,6 +9,8 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
+import pickle
 import resource
 import tempfile
 import time
@@ -25,6 +27,7 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from senca import io
+from senca._process import die_with_parent, owned_prefix, remove_dead_runs
 from senca.clustering import cluster, consensus_labels
 from senca.errors import SencaInputError
 from senca.evaluation import n_clusters_from_labels, score
@@ -42,6 +45,8 @@ LABEL_KEY = "label"
 REGION_KEY = "senca_region"
 # Seed of restart r: seed + r * step, so restarts of seeds 0, 1, 2 never share a seed.
 _RESTART_SEED_STEP = 1000
+_RESTARTS_STEM = "senca-restarts-"
+_EMBEDDING_FILE = "embedding.npy"
 
 
 @contextlib.contextmanager
@@ -83,11 +88,13 @@ def _train_one(adata: ad.AnnData, config, patches, image_features, device: str, 
     return model
 
 
-def _train_in_worker(adata: ad.AnnData, config, patches, image_features, folder: str) -> np.ndarray:
-    """One restart in a child process: train, save the model to ``folder``, return the embedding."""
+def _train_in_worker(inputs: str, config, folder: str) -> None:
+    """One restart in a child process: read the inputs, train, save the model and embedding to ``folder``."""
+    with open(inputs, "rb") as f:
+        adata, patches, image_features = pickle.load(f)
     model = _train_one(adata, config, patches, image_features, "cpu", progress=False)
     model.save(folder)
-    return model.get_latent_representation()
+    np.save(Path(folder) / _EMBEDDING_FILE, model.get_latent_representation())
 
 
 def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_features, device: str, jobs: int,
@@ -97,8 +104,11 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
     With ``jobs > 1`` the restarts train in that many child processes (spawned: a forked
     child would inherit torch's thread pools). Each restart seeds itself and runs the same
     kernels, so the embeddings equal those of the sequential path; the models come back
-    through :meth:`SENCA.save` / :meth:`SENCA.load`. As with any spawned process, a script
-    that calls this must guard its top level with ``if __name__ == "__main__":``.
+    through :meth:`SENCA.save` / :meth:`SENCA.load`. Inputs and results pass through files in
+    a temporary folder, not the pool's pipes: a worker ended halfway through reading a large
+    message would leave the pipe's writer blocked, and an interrupted run waiting on it
+    forever. As with any spawned process, a script that calls this must guard its top level
+    with ``if __name__ == "__main__":``.
     """
     if jobs == 1:
         out = []
@@ -110,20 +120,39 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
             logger.info("restart %d/%d trained: %.1f s", i + 1, len(seeds), time.perf_counter() - start)
         return out
     logger.info("training %d restarts in %d processes", len(seeds), jobs)
-    with tempfile.TemporaryDirectory(prefix="senca-restarts-") as tmp, ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        folders = [str(Path(tmp) / f"restart-{seed}") for seed in seeds]
-        futures = [pool.submit(_train_in_worker, adata, config.replace(seed=seed), patches, image_features, folder)
-                   for seed, folder in zip(seeds, folders)]
+    remove_dead_runs(Path(tempfile.gettempdir()), _RESTARTS_STEM)
+    with tempfile.TemporaryDirectory(prefix=owned_prefix(_RESTARTS_STEM)) as tmp:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
         try:
-            embeddings = [future.result() for future in tqdm(futures, desc="restarts", unit="run", disable=not progress)]
+            inputs = Path(tmp) / "inputs.pickle"
+            with open(inputs, "wb") as f:
+                pickle.dump((adata, patches, image_features), f, protocol=pickle.HIGHEST_PROTOCOL)
+            folders = [Path(tmp) / f"restart-{seed}" for seed in seeds]
+            futures = [pool.submit(_train_in_worker, str(inputs), config.replace(seed=seed), str(folder))
+                       for seed, folder in zip(seeds, folders)]
+            for future in tqdm(futures, desc="restarts", unit="run", disable=not progress):
+                future.result()
         except BrokenProcessPool as err:
             raise RuntimeError(f"a training restart process died ({err}); the usual cause is memory: each of the "
                                f"{jobs} processes holds its own copy of the section, so lower restart_jobs "
                                f"(--jobs)") from err
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or failed: end the workers now instead of waiting for their training.
+            _stop_workers(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         # The saved models keep the image features, so the ResNet need not run again.
-        return [(SENCA.load(folder, adata, image_features=image_features, device=device), embedding)
-                for folder, embedding in zip(folders, embeddings)]
+        return [(SENCA.load(folder, adata, image_features=image_features, device=device), np.load(folder / _EMBEDDING_FILE))
+                for folder in folders]
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor offers no public way to end running tasks before Python 3.14.
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def _region_order(name: str) -> tuple[int, str]:
@@ -168,11 +197,15 @@ def _image_features(adata: ad.AnnData, spec: str) -> np.ndarray:
         raise SencaInputError(f"{path}: image feature file not found")
     try:
         features = np.load(path, allow_pickle=False)
-    except ValueError as err:
+    except (ValueError, OSError, EOFError) as err:
         raise SencaInputError(f"{path}: cannot read as a NumPy array ({err})") from err
-    if features.ndim != 2 or features.shape[0] != adata.n_obs:
-        raise SencaInputError(f"{path}: image features have shape {features.shape}; expected ({adata.n_obs} spots, n_features)")
-    return features.astype(np.float32)
+    if features.ndim != 2 or features.shape[0] != adata.n_obs or features.dtype.kind not in "biuf":
+        raise SencaInputError(f"{path}: image features have shape {features.shape}, dtype {features.dtype}; "
+                              f"expected ({adata.n_obs} spots, n_features) numbers")
+    features = features.astype(np.float32)
+    if not np.isfinite(features).all():
+        raise SencaInputError(f"{path}: image features hold {int((~np.isfinite(features)).sum())} NaN/infinite value(s)")
+    return features
 
 
 def _prepare(adata: ad.AnnData, settings: RunSettings) -> tuple[ad.AnnData, np.ndarray | None]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -135,21 +137,138 @@ class RunSettings:
             if key not in tables:
                 raise SencaInputError(f"{source}: unknown setting {key!r}; expected one of {', '.join(tables)}")
             current = getattr(settings, key)
-            if key == "model":
-                if not isinstance(value, dict):
-                    raise SencaInputError(f"{source}: [model] must be a table")
-                setattr(settings, key, SencaConfig.from_dict({**current.to_dict(), **value}))
-            elif dataclasses.is_dataclass(current):
-                if not isinstance(value, dict):
-                    raise SencaInputError(f"{source}: [{key}] must be a table")
-                known = {f.name for f in fields(current)}
-                unknown = sorted(set(value) - known)
-                if unknown:
-                    raise SencaInputError(f"{source}: unknown setting(s) {unknown} in [{key}]; known: {sorted(known)}")
-                setattr(settings, key, dataclasses.replace(current, **value))
-            else:
+            if not dataclasses.is_dataclass(current):
+                _check_types(cls, {key: value}, f"{source}:")
                 setattr(settings, key, value)
+                continue
+            if not isinstance(value, dict):
+                raise SencaInputError(f"{source}: [{key}] must be a table")
+            known = {f.name for f in fields(current)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise SencaInputError(f"{source}: unknown setting(s) {unknown} in [{key}]; known: {sorted(known)}")
+            _check_types(type(current), value, f"{source}: [{key}]")
+            try:
+                setattr(settings, key, dataclasses.replace(current, **value))
+            except SencaInputError as err:  # the model's own range checks
+                raise SencaInputError(f"{source}: [{key}]: {err}") from err
         return settings
+
+    def validate(self, source: str = "settings") -> RunSettings:
+        """Check every setting's type and range, and that the device exists, before any data is read.
+
+        Raises
+        ------
+        SencaInputError
+            Naming the setting (as ``[table] name`` of ``config.toml``) and what was expected.
+        """
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                _check_types(type(value), dataclasses.asdict(value), f"{source}: [{f.name}]")
+            else:
+                _check_types(type(self), {f.name: value}, f"{source}:")
+        for table, name, test, expected in _RANGES:
+            value = getattr(getattr(self, table), name) if table else getattr(self, name)
+            if value is not None and not test(value):
+                where = f"[{table}] {name}" if table else name
+                raise SencaInputError(f"{source}: {where} = {value!r}; expected {expected}")
+        last_seed = self.seed + 1000 * (self.clustering.restarts - 1)
+        if last_seed >= 2**32:
+            raise SencaInputError(f"{source}: seed = {self.seed} with {self.clustering.restarts} restarts uses seeds up to "
+                                  f"{last_seed}; expected seeds below 2**32")
+        check_device(self.device, source)
+        return self
+
+
+_RANGES: list[tuple[str | None, str, Any, str]] = [
+    (None, "seed", lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32 - 1"),
+    ("input", "format", lambda v: v in ("her2st", "visium", "h5ad"), "'her2st', 'visium' or 'h5ad'"),
+    ("input", "image_scale", lambda v: 0 < v <= 100, "a positive number (image pixels per spot-coordinate pixel)"),
+    ("preprocessing", "min_counts", lambda v: v >= 0, ">= 0"),
+    ("preprocessing", "min_spots", lambda v: v >= 0, ">= 0"),
+    ("preprocessing", "n_top_genes", lambda v: v >= 1, ">= 1"),
+    ("preprocessing", "n_comps", lambda v: v >= 2, ">= 2"),
+    ("graph", "method", lambda v: v in ("radius", "knn"), "'radius' or 'knn'"),
+    ("graph", "radius", lambda v: v > 0, "a positive number of spot spacings"),
+    ("graph", "n_neighbors", lambda v: v >= 1, ">= 1"),
+    ("image", "patch_px", lambda v: 4 <= v <= 1024, "4 to 1024 pixels"),
+    ("image", "patch_spots", lambda v: 0 < v <= 100, "a positive number of spot diameters, at most 100"),
+    ("clustering", "method", lambda v: v in ("gmm", "kmeans", "leiden"), "'gmm', 'kmeans' or 'leiden'"),
+    ("clustering", "k", lambda v: v >= 2, "at least 2 regions"),
+    ("clustering", "scale", lambda v: v in ("none", "standardize", "whiten"), "'none', 'standardize' or 'whiten'"),
+    ("clustering", "restarts", lambda v: v >= 1, "an integer >= 1"),
+    ("clustering", "restart_jobs", lambda v: v >= 1, "an integer >= 1"),
+    ("model", "lr", lambda v: 0 < v <= 1, "a positive learning rate up to 1"),
+    ("model", "weight_decay", lambda v: v >= 0, ">= 0"),
+    ("model", "dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model", "temperature", lambda v: v > 0, "> 0"),
+    ("model", "dec_alpha", lambda v: v > 0, "> 0"),
+    ("model", "dec_balance", lambda v: v >= 0, ">= 0"),
+    ("model", "aug_jitter", lambda v: v >= 0, ">= 0"),
+    ("model", "full_batch_max_spots", lambda v: v >= 1, ">= 1"),
+    ("model", "n_clusters_range", lambda v: 2 <= v[0] <= v[1], "[low, high] with 2 <= low <= high"),
+    *[("model", name, lambda v: v >= 0, ">= 0 (a loss weight)")
+      for name in ("w_recon", "w_recon_fused", "w_recon_image", "w_recon_image_features", "w_image_view", "w_contrast",
+                   "w_dec", "neighbour_positive_weight")],
+]
+
+
+def check_device(device: str, source: str = "settings") -> None:
+    """Raise unless ``device`` is ``auto``, ``cpu`` or a CUDA device that this machine has."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SencaInputError(f"{source}: device = {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SencaInputError(f"{source}: device = {device!r}, but CUDA is not available on this machine; use 'cpu' or 'auto'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise SencaInputError(f"{source}: device = {device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type != "cpu":
+        raise SencaInputError(f"{source}: device = {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        return (isinstance(value, (list, tuple)) and len(value) == len(args)
+                and all(_accepts(v, a) for v, a in zip(value, args)))
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {len(typing.get_args(hint))} values ({', '.join(map(_describe, typing.get_args(hint)))})"
+    names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", type(None): "unset"}
+    return names.get(hint, str(hint))
+
+
+def _check_types(cls: type, values: dict[str, Any], where: str) -> None:
+    """Raise when a value does not have the type its field of ``cls`` declares (TOML gives any type)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if name in hints and not _accepts(value, hints[name]):
+            raise SencaInputError(f"{where} {name} = {value!r}; expected {_describe(hints[name])}")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -79,9 +79,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         model_changes["image_backbone"] = args.image_arch
     settings.model = settings.model.replace(**model_changes)
     _apply_common(settings, args)
-    if settings.clustering.k is not None and settings.clustering.k < 2:
-        raise SencaInputError(f"--k {settings.clustering.k}: expected at least 2 regions")
-    return settings
+    return settings.validate(f"{args.config} with the flags" if args.config else "flags")
 
 
 def _summary(metrics: dict, out: Path) -> str:
@@ -103,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     if not settings.input.path:
         raise SencaInputError("no input given: name it as the first argument of 'senca run' or as path in the "
                               "[input] table of --config")
-    check_output_dir(args.out, args.force)  # before hours of work, not after
+    source = settings.input
+    inputs = [source.path, source.image, source.labels, args.config, settings.image.features, settings.model.image_weights]
+    check_output_dir(args.out, args.force, inputs)  # before hours of work, not after
     timings: dict[str, float] = {}
     with timed("reading", timings):
         adata = load_section(settings)
@@ -126,6 +126,7 @@ def demo(args: argparse.Namespace) -> int:
     if args.epochs is None:
         args.epochs = DEMO_EPOCHS  # a short schedule so the demo answers in minutes on a laptop CPU
     _apply_common(settings, args)
+    settings.validate("flags")
     check_output_dir(args.out, args.force)
     started = time.perf_counter()
     progress = _progress(args)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from senca import __version__
+from senca._process import signal_handler
 from senca.errors import SencaInputError
 
 logger = logging.getLogger("senca")
@@ -107,22 +109,32 @@ def configure_logging(quiet: bool) -> None:
     logger.propagate = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (partial outputs, workers)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``senca`` command."""
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
     try:
-        # Imported here so that --help and usage errors answer instantly.
-        from senca.cli.commands import demo, run
-        return run(args) if args.command == "run" else demo(args)
+        with signal_handler(signal.SIGTERM, _terminate):
+            # Imported here so that --help and usage errors answer instantly.
+            from senca.cli.commands import demo, run
+            return run(args) if args.command == "run" else demo(args)
     except SencaInputError as err:
         if args.debug:
             raise
         print(f"senca: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("senca: interrupted; no outputs were written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"senca: {'terminated' if isinstance(err, Terminated) else 'interrupted'}; no outputs were written",
+              file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     except Exception as err:  # noqa: BLE001 - the promise is exit code 1 and one line
         if args.debug:
             raise

@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 # A pixel is background when it is nearly black (blacked-out display images) or nearly white
 # and unsaturated (glass); a patch is "blank" when less than this fraction is tissue.
 _MIN_TISSUE_FRACTION = 0.25
+# Above this fraction of spots off the tissue the warning says the image probably does not fit.
+_MAX_OFF_TISSUE = 0.2
 
 
 def section_image(adata: ad.AnnData, library_id: str | None = None) -> tuple[np.ndarray, float, float]:
@@ -151,10 +153,13 @@ def extract_patches(
     fraction = tissue_fraction(patches)
     blank = (fraction < _MIN_TISSUE_FRACTION) & ~outside
     if outside.any() or blank.any():
+        # Spots are placed on tissue: many on glass or black means the image does not fit them.
+        suspicious = (outside | blank).mean() > _MAX_OFF_TISSUE
         logger.warning(
             "%d of %d spots lie outside the %d x %d image and %d fall on blank background "
-            "(< %.0f%% tissue pixels); their patches carry little image information",
+            "(< %.0f%% tissue pixels); their patches carry little image information%s",
             int(outside.sum()), adata.n_obs, width, height, int(blank.sum()), 100 * _MIN_TISSUE_FRACTION,
+            "; so many suggest the image is not this section's or its scale factor is wrong" if suspicious else "",
         )
     adata.obs["patch_tissue_fraction"] = fraction
     return patches

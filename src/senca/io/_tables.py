@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -33,12 +35,25 @@ def read_table(path: str | Path, what: str, **kwargs) -> pd.DataFrame:
     path = require_file(path, what)
     sep = "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
     try:
+        if _holds_nul(path):  # pandas cuts fields at a NUL byte without a word
+            raise SencaInputError(f"{path}: the {what} holds NUL bytes; expected a text table (damaged or binary file?)")
         table = pd.read_csv(path, sep=sep, **kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as err:
+    except SencaInputError:
+        raise
+    # ValueError covers pandas' parser errors; zlib.error and EOFError a corrupt or cut .gz.
+    except (ValueError, UnicodeDecodeError, OSError, EOFError, zlib.error) as err:
         raise SencaInputError(f"{path}: cannot read the {what} as a {'CSV' if sep == ',' else 'TSV'} table ({err})") from err
     if table.shape[0] == 0:
         raise SencaInputError(f"{path}: the {what} has no rows (expected one row per spot)")
     return table
+
+
+def _holds_nul(path: Path) -> bool:
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+        while chunk := f.read(1 << 22):
+            if b"\x00" in chunk:
+                return True
+    return False
 
 
 def require_columns(table: pd.DataFrame, columns: Iterable[str], path: str | Path, what: str) -> None:
@@ -102,3 +117,63 @@ def validate_counts(matrix: sp.spmatrix | np.ndarray, source: str | Path, field:
         raise SencaInputError(f"{source}: {field} matrix has no non-zero value; expected counts")
     matrix.eliminate_zeros()
     return matrix
+
+
+def checked_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int],
+                source: str | Path, field: str = "matrix") -> sp.csr_matrix:
+    """Build a spots x genes CSR matrix from its three arrays after checking them against ``shape``.
+
+    scipy trusts these arrays: an index past the last gene reads or writes outside the array
+    (a segmentation fault), so lengths, ranges and the order of ``indptr`` are checked first.
+    """
+    n_spots, n_genes = shape
+    data, indices, indptr = (np.asarray(a) for a in (data, indices, indptr))
+    for name, array in (("indices", indices), ("indptr", indptr)):
+        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            raise SencaInputError(f"{source}: '{field}/{name}' has dtype {array.dtype}, shape {array.shape}; expected a 1-d integer array")
+    if data.ndim != 1 or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+        raise SencaInputError(f"{source}: '{field}/data' has dtype {data.dtype}, shape {data.shape}; expected a 1-d numeric array")
+    if len(indptr) != n_spots + 1:
+        raise SencaInputError(f"{source}: '{field}/indptr' has {len(indptr)} entries; expected {n_spots + 1} (spots + 1)")
+    if len(indices) != len(data):
+        raise SencaInputError(f"{source}: '{field}/indices' has {len(indices)} entries but '{field}/data' {len(data)}; expected the same length")
+    if indptr[0] != 0 or indptr[-1] != len(data) or (np.diff(indptr) < 0).any():
+        raise SencaInputError(f"{source}: '{field}/indptr' must rise from 0 to {len(data)} (the number of stored values) without decreasing")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_genes):
+        raise SencaInputError(
+            f"{source}: '{field}/indices' range over {indices.min()}..{indices.max()}; expected gene indices 0..{n_genes - 1}"
+        )
+    index_dtype = np.int64 if max(n_spots, n_genes, len(data)) >= 2**31 else np.int32
+    return sp.csr_matrix((data, indices.astype(index_dtype), indptr.astype(index_dtype)), shape=(n_spots, n_genes))
+
+
+# Pixel coordinates beyond this are no image's (whole slides are about 1e5 px): a unit or parse error.
+MAX_COORDINATE = 1e8
+
+
+def checked_coordinates(values: np.ndarray, source: str | Path, field: str) -> np.ndarray:
+    """Return spot coordinates (n x 2) as float, raising on NaN/inf, absurd magnitudes or a single point."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2 or values.shape[1] != 2:
+        raise SencaInputError(f"{source}: {field} has shape {values.shape}; expected (n_spots, 2)")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise SencaInputError(f"{source}: {field} holds {int(bad.sum())} NaN/infinite value(s); expected finite coordinates")
+    if np.abs(values).max(initial=0) > MAX_COORDINATE:
+        raise SencaInputError(f"{source}: {field} reach {np.abs(values).max():.3g}; expected pixel coordinates within +-{MAX_COORDINATE:.0e}")
+    if len(values) > 1 and (values == values[0]).all():
+        raise SencaInputError(f"{source}: all {len(values)} spots of {field} sit at the same point {values[0].tolist()}; expected distinct spot positions")
+    return values
+
+
+def checked_integers(values: pd.Series | np.ndarray, source: str | Path, field: str, limit: int = 10**6) -> np.ndarray:
+    """Return array coordinates as int64, raising unless they are whole numbers within +-``limit``."""
+    values = pd.to_numeric(pd.Series(np.asarray(values)), errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values) | (values != np.rint(values)) | (np.abs(values) > limit)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:_SHOW] + 1
+        raise SencaInputError(
+            f"{source}: {field} must hold whole numbers within +-{limit}; {int(bad.sum())} row(s) do not "
+            f"(data rows {', '.join(map(str, rows))})"
+        )
+    return values.astype(np.int64)

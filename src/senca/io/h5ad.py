@@ -9,8 +9,8 @@ import anndata as ad
 import numpy as np
 
 from senca.errors import SencaInputError
-from senca.io._tables import require_file, require_unique, validate_counts
-from senca.io.image import check_image_extent
+from senca.io._tables import checked_coordinates, require_file, require_unique, validate_counts
+from senca.io.image import check_image_extent, checked_scalefactors, to_uint8_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +20,9 @@ def validate_adata(adata: ad.AnnData, source: str | Path = "AnnData") -> ad.AnnD
 
     Checks: non-empty counts in ``X`` without NaN or negative values, unique spot ids,
     ``obsm["spatial"]`` of shape ``(n_spots, 2)`` with finite values, and, when
-    ``uns["spatial"]`` exists, that each library's images have a matching
-    ``tissue_<res>_scalef`` and that the spots fall inside them.
+    ``uns["spatial"]`` exists, that its scale factors are positive numbers, that each
+    library's images have a matching ``tissue_<res>_scalef`` and that the spots fall inside
+    them. Images of any bit depth or float range become 8-bit RGB (scanpy keeps floats in 0..1).
 
     Returns
     -------
@@ -31,29 +32,42 @@ def validate_adata(adata: ad.AnnData, source: str | Path = "AnnData") -> ad.AnnD
     adata.X = validate_counts(adata.X, source, "counts in X")
     if "spatial" not in adata.obsm:
         raise SencaInputError(f"{source}: obsm['spatial'] is missing; expected spot coordinates (n_spots x 2, full-resolution pixels)")
-    spatial = np.asarray(adata.obsm["spatial"], dtype=float)
+    try:
+        spatial = np.asarray(adata.obsm["spatial"], dtype=float)
+    except (TypeError, ValueError) as err:
+        raise SencaInputError(f"{source}: obsm['spatial'] is not numeric ({err}); expected spot coordinates") from err
     if spatial.ndim != 2 or spatial.shape[1] < 2:
         raise SencaInputError(f"{source}: obsm['spatial'] has shape {spatial.shape}; expected (n_spots, 2)")
-    spatial = spatial[:, :2]
-    if not np.isfinite(spatial).all():
-        raise SencaInputError(f"{source}: obsm['spatial'] holds {int((~np.isfinite(spatial)).sum())} NaN/infinite value(s)")
-    adata.obsm["spatial"] = spatial
-    for library_id, library in adata.uns.get("spatial", {}).items():
-        if not isinstance(library, dict):
-            raise SencaInputError(f"{source}: uns['spatial'][{library_id!r}] must be a dict with 'images' and 'scalefactors'")
-        images = library.get("images", {})
-        scalefactors = library.get("scalefactors")
-        if images and not scalefactors:
-            raise SencaInputError(f"{source}: uns['spatial'][{library_id!r}]['scalefactors'] is missing; expected the scale factors of its images")
-        for resolution, image in images.items():
-            key = f"tissue_{resolution}_scalef"
-            if key not in scalefactors:
-                raise SencaInputError(f"{source}: uns['spatial'][{library_id!r}]['scalefactors'][{key!r}] is missing; expected the scale of the {resolution!r} image")
-            image = np.asarray(image)
-            if image.ndim != 3 or image.shape[2] not in (3, 4):
-                raise SencaInputError(f"{source}: uns['spatial'][{library_id!r}]['images'][{resolution!r}] has shape {image.shape}; expected height x width x 3")
-            check_image_extent(image, spatial, float(scalefactors[key]), f"{source} uns['spatial'][{library_id!r}]['images'][{resolution!r}]")
+    adata.obsm["spatial"] = spatial = checked_coordinates(spatial[:, :2], source, "obsm['spatial']")
+    libraries = adata.uns.get("spatial", {})
+    if not isinstance(libraries, dict):
+        raise SencaInputError(f"{source}: uns['spatial'] is a {type(libraries).__name__}; expected a dict of libraries")
+    for library_id, library in libraries.items():
+        _validate_library(library, spatial, f"{source}: uns['spatial'][{library_id!r}]")
     return adata
+
+
+def _validate_library(library, spatial: np.ndarray, where: str) -> None:
+    """Check one ``uns["spatial"]`` library in place: its scale factors, and its images as 8-bit RGB."""
+    if not isinstance(library, dict):
+        raise SencaInputError(f"{where} is a {type(library).__name__}; expected a dict with 'images' and 'scalefactors'")
+    images = library.get("images", {})
+    if not isinstance(images, dict):
+        raise SencaInputError(f"{where}['images'] is a {type(images).__name__}; expected a dict of resolution to image")
+    scalefactors = library.get("scalefactors")
+    if images and not scalefactors:
+        raise SencaInputError(f"{where}['scalefactors'] is missing; expected the scale factors of its images")
+    if scalefactors is not None:
+        library["scalefactors"] = scalefactors = checked_scalefactors(scalefactors, f"{where}['scalefactors']", spatial)
+    for resolution, image in images.items():
+        key = f"tissue_{resolution}_scalef"
+        if key not in scalefactors:
+            raise SencaInputError(f"{where}['scalefactors'][{key!r}] is missing; expected the scale of the {resolution!r} image")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise SencaInputError(f"{where}['images'][{resolution!r}] has shape {image.shape}; expected height x width x 3")
+        images[resolution] = image = to_uint8_rgb(image, f"{where}['images'][{resolution!r}]")
+        check_image_extent(image, spatial, scalefactors[key], f"{where}['images'][{resolution!r}]")
 
 
 def read_h5ad(path: str | Path) -> ad.AnnData:
@@ -64,8 +78,9 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
     path = require_file(path, "h5ad file")
     try:
         adata = ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as err:
-        raise SencaInputError(f"{path}: cannot read as .h5ad ({err})") from err
+    # Whatever h5py or anndata raise while reading comes from the file's content.
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as err:
+        raise SencaInputError(f"{path}: cannot read as .h5ad ({type(err).__name__}: {err})") from err
     if "counts" in adata.layers:
         adata.X = adata.layers["counts"]
     return validate_adata(adata, path)

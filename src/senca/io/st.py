@@ -13,6 +13,7 @@ Files of one section:
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import anndata as ad
@@ -23,6 +24,8 @@ import scipy.sparse as sp
 from senca.errors import SencaInputError
 from senca.graph.spacing import spot_spacing
 from senca.io._tables import (
+    checked_coordinates,
+    checked_integers,
     numeric_column,
     read_table,
     require_columns,
@@ -47,9 +50,9 @@ def _spot_ids(table: pd.DataFrame, path: Path, what: str, round_xy: bool) -> pd.
     y = numeric_column(table, "y", path, what)
     if round_xy:
         x, y = np.rint(x), np.rint(y)
-    elif not (np.all(x == np.rint(x)) and np.all(y == np.rint(y))):
-        raise SencaInputError(f"{path}: columns 'x' and 'y' of the {what} must be integer array coordinates")
-    return pd.Index([f"{int(a)}x{int(b)}" for a, b in zip(x, y)])
+    x = checked_integers(x, path, f"column 'x' of the {what} (integer array coordinates)")
+    y = checked_integers(y, path, f"column 'y' of the {what} (integer array coordinates)")
+    return pd.Index([f"{a}x{b}" for a, b in zip(x.tolist(), y.tolist())])
 
 
 def _read_counts(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
@@ -59,12 +62,25 @@ def _read_counts(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
     spots = pd.Index(table.index.astype(str))
     require_unique(spots, path, "spot ids (row names) of the counts table")
     genes = pd.Index(table.columns.astype(str))
-    non_numeric = [c for c, t in table.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
-    if non_numeric:
+    # pandas names an empty header field "Unnamed: i"; with a header one field short (R style) the
+    # names would then slide onto the wrong columns.
+    unnamed = [i for i, g in enumerate(genes) if re.fullmatch(r"Unnamed: \d+", g)]
+    if unnamed:
         raise SencaInputError(
-            f"{path}: counts table column(s) {', '.join(map(repr, non_numeric[:5]))} are not numeric; "
-            "expected spots x genes counts with spot ids as row names"
+            f"{path}: the counts table's header has an empty gene name (column {unnamed[0] + 2}); "
+            "expected one name per gene column after the spot-id column"
         )
+    for column in [c for c, t in table.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]:
+        # pandas leaves a column as text when one value is too large for 64 bits; parse it here.
+        converted = pd.to_numeric(table[column], errors="coerce")
+        bad = converted.isna() & table[column].notna()
+        if bad.any():
+            raise SencaInputError(
+                f"{path}: counts table column {str(column)!r} holds {int(bad.sum())} value(s) that are not numbers "
+                f"(e.g. {table[column][bad].iloc[0]!r} in row {spots[np.flatnonzero(bad.to_numpy())[0]]!r}); "
+                "expected spots x genes counts with spot ids as row names"
+            )
+        table[column] = converted
     return validate_counts(table.to_numpy(dtype=np.float32), path), spots, genes
 
 
@@ -122,15 +138,15 @@ def read_st(
     if extra:
         logger.info("%s: %d selected spot(s) have no counts and are left out", spots, extra)
     selection = selection.loc[spot_ids]
-    pixels = np.column_stack([
+    pixels = checked_coordinates(np.column_stack([
         numeric_column(selection, "pixel_x", spots, "spot selection file"),
         numeric_column(selection, "pixel_y", spots, "spot selection file"),
-    ])
+    ]), spots, "columns 'pixel_x', 'pixel_y' of the spot selection file")
 
     adata = ad.AnnData(
         X=matrix,
         obs=pd.DataFrame(
-            {"array_x": selection["x"].to_numpy(int), "array_y": selection["y"].to_numpy(int)},
+            {"array_x": selection["x"].to_numpy(np.int64), "array_y": selection["y"].to_numpy(np.int64)},
             index=spot_ids,
         ),
         var=pd.DataFrame(index=genes),
@@ -155,7 +171,7 @@ def read_st(
         require_unique(label_table.index, labels, "spot ids built from rounded 'x' and 'y' of the label file")
         attach_labels(adata, label_table["label"], labels)
     if image is not None:
-        attach_image(adata, read_image(image), float(image_scale), library_id, "hires", source=image)
+        attach_image(adata, read_image(image), image_scale, library_id, "hires", source=image)
     logger.info("read %s: %d spots x %d genes", library_id, adata.n_obs, adata.n_vars)
     return adata
 

@@ -16,8 +16,18 @@ import pandas as pd
 import scipy.sparse as sp
 
 from senca.errors import SencaInputError
-from senca.io._tables import read_table, require_columns, require_file, require_joined, require_unique, validate_counts
-from senca.io.image import attach_image, read_image
+from senca.io._tables import (
+    checked_coordinates,
+    checked_csr,
+    checked_integers,
+    read_table,
+    require_columns,
+    require_file,
+    require_joined,
+    require_unique,
+    validate_counts,
+)
+from senca.io.image import attach_image, checked_scalefactors, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +38,18 @@ def _decode(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
+def _shape(values: np.ndarray, path: Path) -> tuple[int, int]:
+    values = np.asarray(values)
+    if values.shape != (2,) or not np.issubdtype(values.dtype, np.integer) or (values < 0).any() or (values >= 2**40).any():
+        raise SencaInputError(f"{path}: 'matrix/shape' is {values.tolist()}; expected two non-negative integers (genes, barcodes)")
+    return int(values[0]), int(values[1])
+
+
 def read_10x_h5(path: str | Path) -> ad.AnnData:
     """Read a 10x HDF5 feature-barcode matrix (Cell Ranger / Space Ranger v3 layout).
 
-    Only "Gene Expression" features are kept when a feature type is recorded.
+    Only "Gene Expression" features are kept when a feature type is recorded. The sparse
+    arrays are checked against ``matrix/shape`` before scipy sees them.
     """
     path = require_file(path, "10x feature-barcode matrix")
     try:
@@ -42,20 +60,27 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
             for field in ("data", "indices", "indptr", "shape", "barcodes", "features"):
                 if field not in group:
                     raise SencaInputError(f"{path}: 'matrix/{field}' is missing; expected a 10x v3 HDF5 feature-barcode matrix")
-            n_genes, n_spots = (int(v) for v in group["shape"][:])
+            n_genes, n_spots = _shape(group["shape"][:], path)
             # 10x stores genes x barcodes in CSC, i.e. barcodes x genes in CSR.
-            matrix = sp.csr_matrix(
-                (group["data"][:], group["indices"][:], group["indptr"][:]), shape=(n_spots, n_genes)
-            )
+            matrix = checked_csr(group["data"][:], group["indices"][:], group["indptr"][:], (n_spots, n_genes), path)
             features = group["features"]
             names = _decode(features["name"][:])
             ids = _decode(features["id"][:]) if "id" in features else names
             types = _decode(features["feature_type"][:]) if "feature_type" in features else ["Gene Expression"] * len(names)
             barcodes = _decode(group["barcodes"][:])
-    except (OSError, ValueError, KeyError) as err:
-        raise SencaInputError(f"{path}: cannot read the 10x HDF5 matrix ({err})") from err
+    # Whatever h5py or numpy raise inside this block comes from the file's content.
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as err:
+        if isinstance(err, SencaInputError):
+            raise
+        raise SencaInputError(f"{path}: cannot read the 10x HDF5 matrix ({type(err).__name__}: {err})") from err
+    for field, values, expected in (("features/name", names, n_genes), ("features/id", ids, n_genes),
+                                    ("features/feature_type", types, n_genes), ("barcodes", barcodes, n_spots)):
+        if len(values) != expected:
+            raise SencaInputError(f"{path}: 'matrix/{field}' has {len(values)} entries; expected {expected} as 'matrix/shape' says")
     matrix = validate_counts(matrix, path)
     keep = np.array([t == "Gene Expression" for t in types])
+    if not keep.any():
+        raise SencaInputError(f"{path}: no feature of type 'Gene Expression' in 'matrix/features/feature_type'")
     require_unique(barcodes, path, "barcodes ('matrix/barcodes')")
     adata = ad.AnnData(
         X=matrix[:, keep],
@@ -98,12 +123,13 @@ def _read_matrix_market(path: Path) -> sp.csr_matrix:
             while line.startswith("%"):
                 line = f.readline()
             size = line.split()
-            if len(size) != 3 or not all(v.isdigit() for v in size):
-                raise SencaInputError(f"{path}: size line {line.strip()[:80]!r}; expected 'n_genes n_barcodes n_entries'")
+            if len(size) != 3 or not all(re.fullmatch(r"[0-9]{1,12}", v) for v in size):
+                raise SencaInputError(f"{path}: size line {line.strip()[:80]!r}; expected 'n_genes n_barcodes n_entries' "
+                                      "(three whole numbers below 10**12)")
             n_genes, n_spots, n_entries = (int(v) for v in size)
             entries = pd.read_csv(f, sep=r"\s+", header=None, names=["gene", "spot", "count"], comment="%",
                                   dtype={"gene": np.int64, "spot": np.int64, "count": np.float64}, engine="c")
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, pd.errors.ParserError) as err:
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, OverflowError, pd.errors.ParserError) as err:
         raise SencaInputError(f"{path}: cannot read the MatrixMarket counts ({err})") from err
     if len(entries) != n_entries:
         raise SencaInputError(f"{path}: {len(entries)} entries; the size line declares {n_entries}")
@@ -196,7 +222,9 @@ def _read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
     require_columns(table, _POSITION_COLUMNS, path, "tissue positions")
     table["barcode"] = table["barcode"].astype(str)
     require_unique(table["barcode"], path, "barcodes of the tissue positions")
-    for column in _POSITION_COLUMNS[1:]:
+    for column in _POSITION_COLUMNS[1:4]:
+        table[column] = checked_integers(table[column], path, f"column {column!r} of the tissue positions")
+    for column in _POSITION_COLUMNS[4:]:
         if not pd.api.types.is_numeric_dtype(table[column]) or table[column].isna().any():
             raise SencaInputError(f"{path}: column {column!r} of the tissue positions must hold numbers")
     return table.set_index("barcode"), path
@@ -240,19 +268,21 @@ def read_visium(path: str | Path, library_id: str | None = None, load_image: boo
     adata.obs["in_tissue"] = positions["in_tissue"].to_numpy(int)
     adata.obs["array_row"] = positions["array_row"].to_numpy(int)
     adata.obs["array_col"] = positions["array_col"].to_numpy(int)
-    adata.obsm["spatial"] = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
+    adata.obsm["spatial"] = checked_coordinates(positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float),
+                                                positions_path, "pixel coordinates (pxl_col_in_fullres, pxl_row_in_fullres)")
 
     scalefactor_path = require_file(spatial / "scalefactors_json.json", "scale factors")
     try:
         scalefactors = json.loads(scalefactor_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as err:
         raise SencaInputError(f"{scalefactor_path}: not valid JSON ({err})") from err
     if not isinstance(scalefactors, dict) or "spot_diameter_fullres" not in scalefactors:
         raise SencaInputError(f"{scalefactor_path}: field 'spot_diameter_fullres' is missing; expected Space Ranger scale factors")
+    scalefactors = checked_scalefactors(scalefactors, scalefactor_path, adata.obsm["spatial"])
     adata.uns["spatial"] = {
         library_id: {
             "images": {},
-            "scalefactors": {k: float(v) for k, v in scalefactors.items() if isinstance(v, (int, float))},
+            "scalefactors": scalefactors,
             "metadata": {"platform": "Visium", "source": str(path)},
         }
     }

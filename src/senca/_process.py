@@ -1,0 +1,107 @@
+"""Process housekeeping: folders that name their owner's pid, and workers that die with their parent.
+
+A run killed without a chance to clean up (SIGKILL, power loss) leaves its temporary folders
+behind; they carry the run's pid so that the next run can tell them from a live run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+logger = logging.getLogger(__name__)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owned_prefix(stem: str) -> str:
+    """Prefix for a temporary folder owned by this process: ``<stem><pid>.``."""
+    return f"{stem}{os.getpid()}."
+
+
+def remove_dead_runs(parent: Path, stem: str, suffix: str = "") -> list[Path]:
+    """Remove folders ``<stem><pid>.*<suffix>`` in ``parent`` whose process is gone; return them."""
+    pattern = re.compile(re.escape(stem) + r"(\d+)\..*" + re.escape(suffix) + "$")
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not pid_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                logger.info("removed %s, left by an interrupted run (process %s)", entry, match.group(1))
+                removed.append(entry)
+    return removed
+
+
+def _exit_when_orphaned(parent: int, interval: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def die_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Worker initializer: end this process soon after ``parent`` is gone, however it ended.
+
+    On Linux the kernel sends SIGKILL at once (``PR_SET_PDEATHSIG``); elsewhere a daemon
+    thread notices the new parent id within ``interval`` seconds.
+    """
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_exit_when_orphaned, args=(parent, interval), daemon=True).start()
+
+
+@contextlib.contextmanager
+def _main_thread_setting(apply: Callable[[], Any], restore: Callable[[Any], Any]) -> Iterator[None]:
+    # Signal handlers and masks belong to the main thread; elsewhere the block runs unchanged.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = apply()
+    try:
+        yield
+    finally:
+        restore(previous)
+
+
+def signal_handler(signum: int, handler: Callable) -> contextlib.AbstractContextManager:
+    """Install ``handler`` for ``signum`` during a block (main thread only), then restore the previous one."""
+    return _main_thread_setting(lambda: signal.signal(signum, handler), lambda previous: signal.signal(signum, previous))
+
+
+def signals_held(*signums: int) -> contextlib.AbstractContextManager:
+    """Hold ``signums`` during a block, delivered after it: for steps that must not stop halfway."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return contextlib.nullcontext()
+    return _main_thread_setting(lambda: signal.pthread_sigmask(signal.SIG_BLOCK, set(signums)),
+                                lambda previous: signal.pthread_sigmask(signal.SIG_SETMASK, previous))
