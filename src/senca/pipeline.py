@@ -148,16 +148,17 @@ def _image_features(adata: ad.AnnData, spec: str) -> np.ndarray:
     return features.astype(np.float32)
 
 
-def _prepare(adata: ad.AnnData, settings: RunSettings) -> tuple[ad.AnnData, np.ndarray | None]:
-    """Preprocess and build the spatial graph; the given image features follow the kept spots."""
+def _prepare(adata: ad.AnnData, settings: RunSettings, library_key: str | None = None) -> tuple[ad.AnnData, np.ndarray | None]:
+    """Preprocess and build the spatial graph (per section with ``library_key``); the given image features follow the kept spots."""
     image_features = _image_features(adata, settings.image.features) if settings.image.features else None
     kept = adata.obs_names
     pp = settings.preprocessing
     adata = preprocess(adata, min_counts=pp.min_counts, min_spots=pp.min_spots, n_top_genes=pp.n_top_genes,
-                       n_comps=pp.n_comps, seed=settings.seed)
+                       n_comps=pp.n_comps, seed=settings.seed, library_key=library_key)
     if image_features is not None:
         image_features = image_features[kept.get_indexer(adata.obs_names)]
-    spatial_graph(adata, method=settings.graph.method, radius=settings.graph.radius, n_neighbors=settings.graph.n_neighbors)
+    spatial_graph(adata, method=settings.graph.method, radius=settings.graph.radius, n_neighbors=settings.graph.n_neighbors,
+                  library_key=library_key)
     return adata, image_features
 
 
@@ -170,8 +171,8 @@ def _n_regions(adata: ad.AnnData, settings: RunSettings) -> int | None:
     return k
 
 
-def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True) -> RunResult:
-    """Run senca on one section.
+def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True, library_key: str | None = None) -> RunResult:
+    """Run senca on one section, or jointly on several.
 
     Parameters
     ----------
@@ -182,6 +183,12 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         (other than "undetermined") when the section has labels, otherwise chosen by BIC.
     progress
         Show progress bars (patch cutting, training).
+    library_key
+        ``obs`` column naming each spot's section when ``adata`` holds several (with their
+        images under ``uns["spatial"][section]``): one model and one clustering over all of
+        them, so region ids mean the same in every section, while normalisation, graph,
+        patches and refinement stay within sections (see :func:`senca.pp.preprocess`,
+        :func:`senca.graph.spatial_graph`).
 
     Returns
     -------
@@ -198,7 +205,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
     jobs = restart_jobs(settings, len(seeds))
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    adata, image_features = _prepare(adata, settings)
+    adata, image_features = _prepare(adata, settings, library_key)
     timings["preprocess_s"] = time.perf_counter() - start
 
     config = settings.model.replace(seed=settings.seed)
@@ -207,7 +214,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         if has_image(adata):
             step = time.perf_counter()
             patches = extract_patches(adata, patch_spots=settings.image.patch_spots, patch_px=settings.image.patch_px,
-                                      show_progress=progress)
+                                      show_progress=progress, library_key=library_key)
             timings["patches_s"] = time.perf_counter() - step
         else:
             logger.warning("the section has no H&E image: running on the transcriptomics alone")
@@ -225,7 +232,8 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
     for seed, (model, embedding) in zip(seeds, trained):
         adata.obsm["X_senca"] = embedding
         cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=k,
-                refine=settings.clustering.refine, scale=settings.clustering.scale, seed=seed, key_added=REGION_KEY)
+                refine=settings.clustering.refine, scale=settings.clustering.scale, seed=seed, key_added=REGION_KEY,
+                library_key=library_key)
         runs.append((model, embedding, adata.obs[REGION_KEY].astype(str).to_numpy(),
                      adata.obs[f"{REGION_KEY}_confidence"].to_numpy()))
     timings["cluster_s"] = time.perf_counter() - step

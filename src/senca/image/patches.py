@@ -10,6 +10,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from senca.errors import SencaInputError
+from senca.graph.spatial import section_codes
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def extract_patches(
     patch_px: int = 64,
     library_id: str | None = None,
     show_progress: bool = True,
+    library_key: str | None = None,
 ) -> np.ndarray:
     """Cut a square H&E patch around every spot and resize it to ``patch_px x patch_px``.
 
@@ -82,6 +84,9 @@ def extract_patches(
         Library under ``uns["spatial"]``; default: the only one with an image.
     show_progress
         Show a progress bar.
+    library_key
+        ``obs`` column naming each spot's section when ``adata`` holds several: each section's
+        spots are cut from its own image, ``uns["spatial"][section]`` (squidpy's convention).
 
     Returns
     -------
@@ -92,14 +97,40 @@ def extract_patches(
     """
     if patch_spots <= 0 or patch_px < 4:
         raise SencaInputError(f"patch_spots={patch_spots}, patch_px={patch_px}; expected patch_spots > 0 and patch_px >= 4")
-    image, scale, diameter = section_image(adata, library_id)
-    height, width = image.shape[:2]
-    centres = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
-    half = max(patch_spots * diameter * scale / 2.0, 1.0)
-    background = _background_colour(image)
+    if library_key is not None and library_id is not None:
+        raise SencaInputError("extract_patches: give library_id (one section) or library_key (several), not both")
+    names, codes = section_codes(adata, library_key)
     patches = np.empty((adata.n_obs, 3, patch_px, patch_px), dtype=np.uint8)
+    fraction = np.empty(adata.n_obs)
+    bar = tqdm(total=adata.n_obs, desc="H&E patches", disable=not show_progress, leave=False)
+    for code, name in enumerate(names):
+        rows = np.flatnonzero(codes == code)
+        image, scale, diameter = section_image(adata, name if library_key is not None else library_id)
+        centres = np.asarray(adata.obsm["spatial"], dtype=float)[rows, :2] * scale
+        patches[rows] = _cut(image, centres, max(patch_spots * diameter * scale / 2.0, 1.0), patch_px, bar)
+        fraction[rows] = tissue_fraction(patches[rows])
+        height, width = image.shape[:2]
+        outside = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= width) | (centres[:, 1] >= height)
+        blank = (fraction[rows] < _MIN_TISSUE_FRACTION) & ~outside
+        if outside.any() or blank.any():
+            logger.warning(
+                "%s%d of %d spots lie outside the %d x %d image and %d fall on blank background "
+                "(< %.0f%% tissue pixels); their patches carry little image information",
+                f"section {name}: " if library_key is not None else "", int(outside.sum()), rows.size, width, height,
+                int(blank.sum()), 100 * _MIN_TISSUE_FRACTION,
+            )
+    bar.close()
+    adata.obs["patch_tissue_fraction"] = fraction
+    return patches
+
+
+def _cut(image: np.ndarray, centres: np.ndarray, half: float, patch_px: int, bar) -> np.ndarray:
+    """Patches of ``image`` around ``centres`` (image pixels), ``2 * half`` pixels across."""
+    height, width = image.shape[:2]
+    background = _background_colour(image)
+    patches = np.empty((centres.shape[0], 3, patch_px, patch_px), dtype=np.uint8)
     side = int(round(2 * half))
-    for i, (cx, cy) in enumerate(tqdm(centres, desc="H&E patches", disable=not show_progress, leave=False)):
+    for i, (cx, cy) in enumerate(centres):
         x0, y0 = int(round(cx - half)), int(round(cy - half))
         # Only the crop is copied; the slice of the full image is a view.
         crop = np.empty((side, side, 3), dtype=np.uint8)
@@ -109,14 +140,5 @@ def extract_patches(
             crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1, :3]
         resized = Image.fromarray(crop).resize((patch_px, patch_px), Image.Resampling.BILINEAR if side < patch_px else Image.Resampling.BOX)
         patches[i] = np.asarray(resized).transpose(2, 0, 1)
-    outside = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= width) | (centres[:, 1] >= height)
-    fraction = tissue_fraction(patches)
-    blank = (fraction < _MIN_TISSUE_FRACTION) & ~outside
-    if outside.any() or blank.any():
-        logger.warning(
-            "%d of %d spots lie outside the %d x %d image and %d fall on blank background "
-            "(< %.0f%% tissue pixels); their patches carry little image information",
-            int(outside.sum()), adata.n_obs, width, height, int(blank.sum()), 100 * _MIN_TISSUE_FRACTION,
-        )
-    adata.obs["patch_tissue_fraction"] = fraction
+        bar.update(1)
     return patches

@@ -10,6 +10,7 @@ from senca.errors import SencaInputError
 from senca.io.h5ad import read_h5ad, validate_adata
 from senca.io.image import attach_image, read_image
 from senca.io.labels import read_labels
+from senca.io.sections import concat_sections, split_sections
 from senca.io.st import her2st_samples, read_her2st, read_st
 from senca.io.visium import matrix_source, read_10x_h5, read_10x_mtx, read_visium
 
@@ -78,6 +79,7 @@ def read(
 
 
 __all__ = [
-    "FORMATS", "attach_image", "detect_format", "her2st_samples", "matrix_source", "read", "read_10x_h5", "read_h5ad",
-    "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_st", "read_visium", "validate_adata",
+    "FORMATS", "attach_image", "concat_sections", "detect_format", "her2st_samples", "matrix_source", "read", "read_10x_h5",
+    "read_h5ad", "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_st", "read_visium", "split_sections",
+    "validate_adata",
 ]

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
 from senca.errors import SencaInputError
+from senca.graph.spatial import section_codes
 
 logger = logging.getLogger(__name__)
 
@@ -59,28 +60,47 @@ def log_normalize(adata: ad.AnnData, target_sum: float = 1e4) -> None:
     adata.layers["lognorm"] = adata.X.copy()
 
 
-def highly_variable_genes(adata: ad.AnnData, n_top_genes: int = 3000) -> None:
-    """Mark the ``n_top_genes`` most variable genes in ``var["highly_variable"]`` (all genes when there are fewer)."""
+def highly_variable_genes(adata: ad.AnnData, n_top_genes: int = 3000, library_key: str | None = None) -> None:
+    """Mark the ``n_top_genes`` most variable genes in ``var["highly_variable"]`` (all genes when there are fewer).
+
+    With ``library_key`` (several sections), variability is judged within each section and
+    genes variable in the most sections come first (scanpy's ``batch_key``), so a gene that
+    merely differs between sections is not taken for a regional one.
+    """
     if adata.n_vars <= n_top_genes:
         adata.var["highly_variable"] = True
         logger.info("%d genes <= n_top_genes=%d: all genes are used", adata.n_vars, n_top_genes)
         return
-    sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat")
+    sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat", batch_key=library_key)
 
 
-def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True) -> None:
-    """PCA of the highly variable genes into ``obsm["X_pca"]``.
-
-    Genes are centred and, with ``scale``, scaled to unit variance (clipped at 10) first.
-    ``n_comps`` is capped at ``min(n_spots, n_genes) - 1``.
-    """
-    genes = adata.var["highly_variable"].to_numpy() if "highly_variable" in adata.var else np.ones(adata.n_vars, bool)
-    data = adata.X[:, genes]
-    data = np.asarray(data.toarray() if sp.issparse(data) else data, dtype=np.float64)
+def _centre_scale(data: np.ndarray, scale: bool) -> np.ndarray:
+    """Centre the columns of ``data`` in place and, with ``scale``, divide by their standard deviation."""
     data -= data.mean(axis=0)
     if scale:
         std = data.std(axis=0)
         data /= np.where(std > 0, std, 1.0)
+    return data
+
+
+def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True, library_key: str | None = None) -> None:
+    """PCA of the highly variable genes into ``obsm["X_pca"]``.
+
+    Genes are centred and, with ``scale``, scaled to unit variance (clipped at 10) first;
+    with ``library_key`` within each section, so that differences of depth and chemistry
+    between sections do not become the leading components, then one PCA is fitted over all
+    sections (one shared input space). ``n_comps`` is capped at ``min(n_spots, n_genes) - 1``.
+    """
+    genes = adata.var["highly_variable"].to_numpy() if "highly_variable" in adata.var else np.ones(adata.n_vars, bool)
+    data = adata.X[:, genes]
+    data = np.asarray(data.toarray() if sp.issparse(data) else data, dtype=np.float64)
+    if library_key is None:
+        _centre_scale(data, scale)
+    else:
+        codes = section_codes(adata, library_key)[1]
+        for code in np.unique(codes):
+            data[codes == code] = _centre_scale(data[codes == code], scale)
+    if scale:
         np.clip(data, -10, 10, out=data)
     n_comps = min(n_comps, min(data.shape) - 1)
     model = PCA(n_components=n_comps, svd_solver="randomized" if n_comps < min(data.shape) // 2 else "full", random_state=seed)
@@ -96,8 +116,14 @@ def preprocess(
     n_top_genes: int = 3000,
     n_comps: int = 200,
     seed: int = 0,
+    library_key: str | None = None,
 ) -> ad.AnnData:
     """Run QC, normalisation + log1p, HVG selection and PCA.
+
+    With ``library_key`` (an ``obs`` column naming each spot's section), several sections are
+    preprocessed together: one gene space (QC over all spots, HVGs judged per section), each
+    spot normalised by its own library size, genes standardised per section before one shared
+    PCA (see :func:`highly_variable_genes`, :func:`pca`).
 
     Returns
     -------
@@ -106,6 +132,6 @@ def preprocess(
     """
     adata = filter_spots_genes(adata, min_counts=min_counts, min_spots=min_spots)
     log_normalize(adata, target_sum=target_sum)
-    highly_variable_genes(adata, n_top_genes=n_top_genes)
-    pca(adata, n_comps=n_comps, seed=seed)
+    highly_variable_genes(adata, n_top_genes=n_top_genes, library_key=library_key)
+    pca(adata, n_comps=n_comps, seed=seed, library_key=library_key)
     return adata
