@@ -163,8 +163,11 @@ def _task_summary(name: str, folder: str, seed: int, refine: bool) -> dict:
     return summary
 
 
-def _collect(futures: dict, what: str, progress: bool) -> tuple[dict, dict]:
-    """Wait for ``{name: future}``; ``(results, errors)`` by name, errors as one line each."""
+def _collect(futures: dict, what: str, progress: bool, release: bool = True) -> tuple[dict, dict]:
+    """Wait for ``{name: future}``; ``(results, errors)`` by name, errors as one line each.
+
+    With ``release``, each result is dropped from the cluster once fetched.
+    """
     from distributed import as_completed
 
     names = {future.key: name for name, future in futures.items()}
@@ -176,7 +179,8 @@ def _collect(futures: dict, what: str, progress: bool) -> tuple[dict, dict]:
         except (Exception, CancelledError) as err:  # noqa: BLE001 - any failure of one section is reported, the rest go on
             errors[name] = f"{type(err).__name__}: {err}".strip()
             logger.error("section %s failed: %s", name, errors[name])
-        future.release()
+        if release:
+            future.release()
     return results, errors
 
 
@@ -242,10 +246,13 @@ def run_cohort(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SencaInputError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / STATE_FILE).is_file() and not force:
+        raise SencaInputError(f"{out}: folder exists, is not empty and holds no cohort run; choose another --out or pass --force")
     if force and (out / STATE_FILE).is_file():
         (out / STATE_FILE).unlink()
     state = _read_state(out, mode)
     (out / SECTIONS_DIR).mkdir(parents=True, exist_ok=True)
+    (out / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")  # from now on a rerun resumes here
     _clear_stale(out)
     inputs = {s.name: section_settings(settings, s) for s in sections}
     folders = {s.name: section_folder(out, s) for s in sections}
@@ -276,7 +283,7 @@ def run_cohort(
         "seconds": round(metrics[s.name]["seconds"]["total_s"], 1) if s.name in metrics and "seconds" in metrics[s.name] else None,
         "group": s.group or "", "patient": s.patient or "",
     } for s in sections])
-    (out / STATE_FILE).write_text(json.dumps({**state, "mode": mode}, indent=1) + "\n")
+    (out / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
     scores = write_cohort_report(out, sections, [summaries[s.name] for s in sections if s.name in summaries], status, mode,
                                  dump_toml(settings.to_dict()), wall_seconds=seconds)
     logger.info("cohort: %d sections finished, %d failed; report in %s", int((status["status"] != "failed").sum()),
@@ -296,16 +303,19 @@ def _run_joint(sections, settings, inputs, folders, finished, state, client, pro
         return {}, {}
     reads = {s.name: client.submit(_task_read, inputs[s.name], key=f"senca-read-{s.name}-{time.time_ns()}", pure=False)
              for s in sections}
-    readable, errors = _collect(reads, "reading sections", progress)
-    ok = [n for n in names if n in readable]
-    if not ok:
-        return {}, errors
-    if set(ok) <= finished and sorted(ok) == sorted(state.get("joint_sections", [])):
-        logger.info("the %d readable sections are finished in one joint run already", len(ok))
-        return {}, errors
-    joint = client.submit(_task_joint, {n: reads[n] for n in ok}, settings, {n: inputs[n] for n in ok},
-                          {n: str(folders[n]) for n in ok}, key=f"senca-joint-{time.time_ns()}", pure=False)
-    metrics, joint_errors = _collect({"joint": joint}, "joint model", progress)
+    try:
+        readable, errors = _collect(reads, "reading sections", progress, release=False)
+        ok = [n for n in names if n in readable]
+        if not ok:
+            return {}, errors
+        if set(ok) <= finished and sorted(ok) == sorted(state.get("joint_sections", [])):
+            logger.info("the %d readable sections are finished in one joint run already", len(ok))
+            return {}, errors
+        joint = client.submit(_task_joint, {n: reads[n] for n in ok}, settings, {n: inputs[n] for n in ok},
+                              {n: str(folders[n]) for n in ok}, key=f"senca-joint-{time.time_ns()}", pure=False)
+        metrics, joint_errors = _collect({"joint": joint}, "joint model", progress)
+    finally:
+        client.cancel(list(reads.values()))
     if joint_errors:
         return {}, {**errors, **{n: joint_errors["joint"] for n in ok}}
     return metrics["joint"], errors
