@@ -338,8 +338,13 @@ def local_client(workers: int = 2, memory_limit: str = "auto", scheduler: str | 
             raise SencaInputError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({err})") from err
     if workers < 1:
         raise SencaInputError(f"--workers {workers}: expected at least 1")
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-                           dashboard_address=None)
+    import dask
+
+    # One section per worker at a time, none queued behind it: a worker that dies takes only
+    # the section it was running with it.
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
+                               dashboard_address=None)
     limit = next(iter(cluster.scheduler_info["workers"].values()))["memory_limit"]
     logger.info("local Dask cluster: %d worker processes, 1 thread and %.1f GiB memory each", workers, limit / 2**30)
     return Client(cluster)
