@@ -18,6 +18,7 @@ from senca.plotting import composition, regions_by_section
 from senca.preprocessing import preprocess
 from senca.settings import RunSettings
 from senca.simulation import simulate_tissue
+from senca.training.sampler import SubgraphSampler
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,12 @@ def test_joint_run_and_plots(two_sections, tmp_path):
     codes = adata.obs["section"].cat.codes.to_numpy()
     assert _cross_edges(adata.obsp["spatial_connectivities"], codes) == 0
     assert adata.obsm["X_senca"].shape[0] == 400 and adata.obs[REGION_KEY].nunique() == 4
+    # mini-batch blocks follow sections laid side by side: few blocks take seeds of both
+    sampler = SubgraphSampler(result.model.data.edge_index, 400, 2, batch_size=40, coordinates=result.model.data.coordinates)
+    mixed = [len(set(codes[batch.nodes[batch.seeds].numpy()])) > 1 for batch in sampler.batches()]
+    assert sum(mixed) <= 1 and len(mixed) == 10
+    plain = SubgraphSampler(result.model.data.edge_index, 400, 2, batch_size=40, coordinates=adata.obsm["spatial"])
+    assert sum(len(set(codes[b.nodes[b.seeds].numpy()])) > 1 for b in plain.batches()) > 5  # what the tiling avoids
     fig = regions_by_section(adata, "section")
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 2
     table = (adata.obs.groupby(["section", REGION_KEY], observed=False).size().unstack(fill_value=0))
