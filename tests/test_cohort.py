@@ -50,7 +50,7 @@ def test_manifest_csv_and_toml(data):
     (data / "m.csv").write_text("path,group,patient\ns0.h5ad,her2,P1\ns1.h5ad,her2,P2\n")
     sections = read_manifest(data / "m.csv")
     assert [s.name for s in sections] == ["s0", "s1"] and sections[1].patient == "P2"
-    assert sections[0].path == str((data / "s0.h5ad").resolve())
+    assert sections[0].input.path == str((data / "s0.h5ad").resolve())
     (data / "m.toml").write_text('[[section]]\npath = "s0.h5ad"\nname = "first"\n[[section]]\npath = "s1.h5ad"\n')
     assert [s.name for s in read_manifest(data / "m.toml")] == ["first", "s1"]
 

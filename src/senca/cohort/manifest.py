@@ -18,7 +18,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class Section:
-    """One section of a cohort: where to read it and how it is grouped.
+    """One section of a cohort: where to read it (as ``senca run`` takes it) and how it is grouped.
 
     ``name`` (default: ``sample``, else the input's file name without suffix) names its output
     folder and its panel in the cohort report; ``group`` and ``patient`` are carried into the
@@ -26,19 +26,9 @@ class Section:
     """
 
     name: str
-    path: str
-    sample: str | None = None
-    format: str | None = None
-    image: str | None = None
-    image_scale: float | None = None
-    labels: str | None = None
+    input: InputSettings
     group: str | None = None
     patient: str | None = None
-
-    def input_settings(self) -> InputSettings:
-        """The section's input, as ``senca run`` takes it."""
-        return InputSettings(path=self.path, format=self.format, sample=self.sample, image=self.image,
-                             image_scale=self.image_scale, labels=self.labels)
 
 
 def read_manifest(path: str | Path) -> list[Section]:
@@ -134,4 +124,5 @@ def _section(manifest: Path, where: str, row: dict) -> Section:
     name = values.pop("name", None) or values.get("sample") or Path(values["path"]).name.removesuffix(".h5ad")
     if not _NAME.match(name):
         raise fail("name", f"{name!r} cannot name an output folder; expected letters, digits, '.', '_' or '-'")
-    return Section(name=name, **values)
+    grouping = {key: values.pop(key) for key in ("group", "patient") if key in values}
+    return Section(name=name, input=InputSettings(**values), **grouping)

@@ -65,7 +65,7 @@ class CohortResult:
 
 def section_settings(settings: RunSettings, section: Section) -> RunSettings:
     """The settings of one section: the cohort's, with the section's input."""
-    return dataclasses.replace(settings, input=section.input_settings())
+    return dataclasses.replace(settings, input=section.input)
 
 
 def section_folder(out: Path, section: Section) -> Path:
