@@ -201,3 +201,15 @@ def test_cli_joint_mode_on_a_scheduler_address(data, client, tmp_path):
     stamp = (out / "sections" / "s0" / "senca.h5ad").stat().st_mtime_ns
     assert main(argv) == 3  # resumed: the joint run over the readable sections is kept
     assert (out / "sections" / "s0" / "senca.h5ad").stat().st_mtime_ns == stamp
+
+
+def test_cli_bad_manifest_and_flags_exit_2_before_any_work(data, tmp_path, capsys):
+    from senca.cli.main import main
+
+    (tmp_path / "m.csv").write_text(f"path,colour\n{data / 's0.h5ad'},red\n")
+    assert main(["cohort", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "m.csv: line 2, field 'colour': unknown field" in capsys.readouterr().err
+    (tmp_path / "m.csv").write_text(f"path\n{data / 's0.h5ad'}\n")
+    assert main(["cohort", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"), "--jobs", "2"]) == 2
+    assert "use --workers" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
