@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from senca.clustering import cluster
 from senca.cohort.manifest import Section
 from senca.cohort.match import region_profiles
+from senca.cohort.report import write_cohort_report
 from senca.errors import SencaInputError
 from senca.evaluation import ari_nmi
 from senca.io import concat_sections, split_sections
@@ -239,8 +240,6 @@ def run_cohort(
     The status of every section and the scores; a failed section leaves the others finished
     and is named in the report; running again skips what is finished.
     """
-    from senca.cohort.report import write_cohort_report
-
     if mode not in MODES:
         raise SencaInputError(f"cohort mode {mode!r}: expected one of {', '.join(MODES)}")
     out = Path(out)
