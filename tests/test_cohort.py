@@ -107,7 +107,7 @@ def client():
     # No retries: a task whose worker dies fails at once (Dask's default retries it 3 times);
     # no task queued behind a running one (as senca's local cluster).
     with dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
         yield client
         client.close()

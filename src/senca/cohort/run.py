@@ -343,7 +343,7 @@ def local_client(workers: int = 2, memory_limit: str = "auto", scheduler: str | 
     # the section it was running with it.
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-                               dashboard_address=None)
+                               dashboard_address=":0")
     limit = next(iter(cluster.scheduler_info["workers"].values()))["memory_limit"]
     logger.info("local Dask cluster: %d worker processes, 1 thread and %.1f GiB memory each", workers, limit / 2**30)
     return Client(cluster)
