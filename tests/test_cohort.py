@@ -110,8 +110,11 @@ def client():
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
         yield client
-        client.close()
-        cluster.close()
+        try:
+            client.close()
+            cluster.close()
+        except TimeoutError:  # a slow shutdown on a loaded machine is not what these tests check
+            pass
 
 
 def _manifest(data, names, path):

@@ -119,9 +119,12 @@ def cohort(args: argparse.Namespace) -> int:
         result = run_cohort(sections, args.out, settings, client, mode=args.mode, force=args.force, progress=not args.quiet)
     finally:
         cluster = client.cluster
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        try:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        except (TimeoutError, OSError) as err:  # the outputs are written; a slow shutdown must not fail the run
+            logger.warning("the local Dask cluster did not shut down cleanly (%s)", err)
     finished = len(sections) - len(result.failed)
     print(f"senca cohort: {finished} of {len(sections)} sections finished"
           + (f", {len(result.failed)} failed ({', '.join(result.failed)}; rerun the same command to retry them)" if result.failed else "")
