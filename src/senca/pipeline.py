@@ -208,16 +208,17 @@ def _image_features(adata: ad.AnnData, spec: str) -> np.ndarray:
     return features
 
 
-def _prepare(adata: ad.AnnData, settings: RunSettings) -> tuple[ad.AnnData, np.ndarray | None]:
-    """Preprocess and build the spatial graph; the given image features follow the kept spots."""
+def _prepare(adata: ad.AnnData, settings: RunSettings, library_key: str | None = None) -> tuple[ad.AnnData, np.ndarray | None]:
+    """Preprocess and build the spatial graph (per section with ``library_key``); the given image features follow the kept spots."""
     image_features = _image_features(adata, settings.image.features) if settings.image.features else None
     kept = adata.obs_names
     pp = settings.preprocessing
     adata = preprocess(adata, min_counts=pp.min_counts, min_spots=pp.min_spots, n_top_genes=pp.n_top_genes,
-                       n_comps=pp.n_comps, seed=settings.seed)
+                       n_comps=pp.n_comps, seed=settings.seed, library_key=library_key)
     if image_features is not None:
         image_features = image_features[kept.get_indexer(adata.obs_names)]
-    spatial_graph(adata, method=settings.graph.method, radius=settings.graph.radius, n_neighbors=settings.graph.n_neighbors)
+    spatial_graph(adata, method=settings.graph.method, radius=settings.graph.radius, n_neighbors=settings.graph.n_neighbors,
+                  library_key=library_key)
     return adata, image_features
 
 
@@ -242,8 +243,8 @@ def _n_regions(adata: ad.AnnData, settings: RunSettings) -> int | None:
     return k
 
 
-def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True) -> RunResult:
-    """Run senca on one section.
+def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True, library_key: str | None = None) -> RunResult:
+    """Run senca on one section, or jointly on several.
 
     Parameters
     ----------
@@ -254,6 +255,12 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         (other than "undetermined") when the section has labels, otherwise chosen by BIC.
     progress
         Show progress bars (patch cutting, training).
+    library_key
+        ``obs`` column naming each spot's section when ``adata`` holds several (with their
+        images under ``uns["spatial"][section]``): one model and one clustering over all of
+        them, so region ids mean the same in every section, while normalisation, graph,
+        patches and refinement stay within sections (see :func:`senca.pp.preprocess`,
+        :func:`senca.graph.spatial_graph`).
 
     Returns
     -------
@@ -271,7 +278,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with timed("preprocess", timings):
-        adata, image_features = _prepare(adata, settings)
+        adata, image_features = _prepare(adata, settings, library_key)
 
     config = settings.model.replace(seed=settings.seed)
     patches = None
@@ -284,7 +291,8 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
         else:
             with timed("patches", timings):
                 patches = extract_patches(adata, patch_spots=settings.image.patch_spots,
-                                          patch_px=settings.image.patch_px, show_progress=progress)
+                                          patch_px=settings.image.patch_px, show_progress=progress,
+                                          library_key=library_key)
 
     k = _n_regions(adata, settings)
     config = config.replace(n_clusters=k)
@@ -304,7 +312,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True)
             adata.obsm["X_senca"] = embedding
             cluster(adata, use_rep="X_senca", method=settings.clustering.method, n_clusters=k_used,
                     refine=settings.clustering.refine, scale=settings.clustering.scale, seed=seed,
-                    key_added=REGION_KEY)
+                    key_added=REGION_KEY, library_key=library_key)
             if k_used is None and selection is None:
                 curve = adata.uns[REGION_KEY]["bic"]
                 selection = {"k": adata.uns[REGION_KEY]["n_clusters"], "ks": [int(v) for v in curve],

@@ -1,4 +1,4 @@
-"""What ``senca run`` and ``senca demo`` do, once the arguments are parsed."""
+"""What ``senca run``, ``senca cohort`` and ``senca demo`` do, once the arguments are parsed."""
 
 from __future__ import annotations
 
@@ -114,6 +114,37 @@ def run(args: argparse.Namespace) -> int:
     write_outputs(result, settings, args.out, title=title, force=args.force, save_model=args.save_model)
     print(_summary(result.metrics, args.out))
     return 0
+
+
+def cohort(args: argparse.Namespace) -> int:
+    """``senca cohort``: exit 0 when every section finished, 3 when some failed."""
+    from senca.cohort import local_client, read_manifest, run_cohort
+
+    settings = RunSettings.from_dict(read_toml(args.config), str(args.config)) if args.config else RunSettings()
+    if args.jobs is not None and args.jobs > 1:
+        raise SencaInputError("--jobs: cohort sections train in Dask workers, which run no further processes; use --workers")
+    _apply_common(settings, args)
+    if args.k is not None:
+        if args.k < 2:
+            raise SencaInputError(f"--k {args.k}: expected at least 2 regions")
+        settings.clustering = dataclasses.replace(settings.clustering, k=args.k)
+    sections = read_manifest(args.manifest)
+    client = local_client(args.workers, args.memory_limit, args.scheduler)
+    try:
+        result = run_cohort(sections, args.out, settings, client, mode=args.mode, force=args.force, progress=not args.quiet)
+    finally:
+        cluster = client.cluster
+        try:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        except (TimeoutError, OSError) as err:  # the outputs are written; a slow shutdown must not fail the run
+            logger.warning("the local Dask cluster did not shut down cleanly (%s)", err)
+    finished = len(sections) - len(result.failed)
+    print(f"senca cohort: {finished} of {len(sections)} sections finished"
+          + (f", {len(result.failed)} failed ({', '.join(result.failed)}; rerun the same command to retry them)" if result.failed else "")
+          + f"; open {args.out / 'report.html'}")
+    return 3 if result.failed else 0
 
 
 def demo(args: argparse.Namespace) -> int:

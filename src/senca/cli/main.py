@@ -1,6 +1,7 @@
-"""The ``senca`` command: ``senca run`` on a real section, ``senca demo`` on simulated tissue.
+"""The ``senca`` command: ``senca run`` on a real section, ``senca cohort`` on many, ``senca demo`` on simulated tissue.
 
-Exit codes: 0 success, 2 bad usage or bad input (one clear line), 1 internal error.
+Exit codes: 0 success, 2 bad usage or bad input (one clear line), 1 internal error, 3 a cohort
+finished with some sections failed (named in its report; the others are finished).
 """
 
 from __future__ import annotations
@@ -92,6 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-model", action="store_true",
                      help="also save the trained model with its section in OUT/model (senca.SENCA.load(OUT/'model') reads it)")
 
+    cohort = commands.add_parser("cohort", help="find regions in many sections, with ids that agree across them", description=(
+        "Run senca on every section of a manifest (TOML [[section]] tables or CSV: path, name, sample, format, image, "
+        "image_scale, labels, group, patient) as Dask tasks, and write one folder per section and a cohort report. "
+        "Rerunning the same command resumes: finished sections are kept, failed ones retried."))
+    cohort.add_argument("manifest", type=Path, help="cohort manifest (.toml or .csv)")
+    _add_common(cohort)
+    cohort.add_argument("--mode", choices=["joint", "independent"], default="independent",
+                        help="joint: one model over all sections, ids agree by construction; independent: one model per "
+                             "section, regions matched across sections by expression (default independent)")
+    cohort.add_argument("--scheduler", default=None,
+                        help="address of a running Dask scheduler (e.g. tcp://host:8786, from dask-jobqueue); default: a local cluster")
+    cohort.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster, one section each at a time (default 2)")
+    cohort.add_argument("--memory-limit", default="auto",
+                        help="memory per local worker, e.g. 8GiB (default auto: the machine's memory split evenly)")
+    cohort.add_argument("--k", type=int, default=None,
+                        help="number of regions (default: the number of reference labels other than 'undetermined', else chosen by BIC)")
+    cohort.add_argument("--config", type=Path, default=None, help="TOML file of settings (as the config.toml senca writes); flags override it")
+
     demo = commands.add_parser("demo", help="run the whole pipeline on built-in simulated tissue", description=(
         "Simulate a section with known regions (NB counts with dropout, H&E-like image), run senca with ST only, "
         "image only and both, and print the ARI of each against the truth."))
@@ -124,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with signal_handler(signal.SIGTERM, _terminate):
             # Imported here so that --help and usage errors answer instantly.
-            from senca.cli.commands import demo, run
-            return run(args) if args.command == "run" else demo(args)
+            from senca.cli.commands import cohort, demo, run
+            return {"run": run, "cohort": cohort, "demo": demo}[args.command](args)
     except SencaInputError as err:
         if args.debug:
             raise

@@ -11,7 +11,7 @@ from anndata import AnnData
 from sklearn.neighbors import NearestNeighbors
 
 from senca.errors import SencaInputError
-from senca.graph import neighbour_graph
+from senca.graph import section_codes, sectioned_graph
 
 logger = logging.getLogger(__name__)
 
@@ -150,12 +150,13 @@ def symmetrize(graph: sp.spmatrix) -> sp.csr_matrix:
     return sym
 
 
-def spatial_neighbours(adata: AnnData, n_neighbors: int = 6) -> sp.csr_matrix:
+def spatial_neighbours(adata: AnnData, n_neighbors: int = 6, library_key: str | None = None) -> sp.csr_matrix:
     """Spatial neighbour graph of the spots, as CSR without self loops.
 
     Uses ``adata.obsp["spatial_connectivities"]`` when present; otherwise a symmetric kNN
     graph on ``adata.obsm["spatial"]`` (:func:`senca.graph.neighbour_graph`; 6 neighbours
-    match the hexagonal Visium lattice). Nothing is written to ``adata``.
+    match the hexagonal Visium lattice), built per section of ``obs[library_key]`` when given
+    so that no spot's neighbours lie in another section. Nothing is written to ``adata``.
     """
     if "spatial_connectivities" in adata.obsp:
         graph = sp.csr_matrix(adata.obsp["spatial_connectivities"], dtype=np.float32)
@@ -178,7 +179,7 @@ def spatial_neighbours(adata: AnnData, n_neighbors: int = 6) -> sp.csr_matrix:
         "obsm['spatial']",
         n_neighbors,
     )
-    return neighbour_graph(coords, "knn", n_neighbors=n_neighbors)[0]
+    return sectioned_graph(coords, section_codes(adata, library_key)[1], "knn", n_neighbors=n_neighbors)[0]
 
 
 def neighbour_label_counts(graph: sp.spmatrix, labels: np.ndarray, n_labels: int) -> np.ndarray:

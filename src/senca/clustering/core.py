@@ -43,6 +43,7 @@ def cluster(
     resolution: float = 1.0,
     seed: int = 0,
     key_added: str = "senca_region",
+    library_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Find tissue regions by clustering a per-spot representation.
@@ -86,6 +87,11 @@ def cluster(
         Random seed; the same seed gives the same regions.
     key_added
         Name of the ``obs`` column and ``uns`` entry written.
+    library_key
+        ``obs`` column naming each spot's section when ``adata`` holds several: one clustering
+        over all spots (region ids mean the same in every section), refinement within sections
+        (the kNN refinement graph is built per section; a graph in ``obsp`` is used as it is,
+        see :func:`senca.graph.spatial_graph`).
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -117,7 +123,7 @@ def cluster(
         )
 
     # Graph first so that a missing spatial field fails before the (slow) clustering.
-    graph = spatial_neighbours(adata, refine_neighbors) if refine else None
+    graph = spatial_neighbours(adata, refine_neighbors, library_key) if refine else None
 
     logger.info("clustering obsm[%r] (%d x %d) with %s", use_rep, x.shape[0], x.shape[1], method)
     result: ClusterResult

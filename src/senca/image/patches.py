@@ -9,6 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from senca.errors import SencaInputError
+from senca.graph.spatial import section_codes
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def extract_patches(
     patch_px: int = 64,
     library_id: str | None = None,
     show_progress: bool = True,
+    library_key: str | None = None,
 ) -> np.ndarray:
     """Cut a square H&E patch around every spot and resize it to ``patch_px x patch_px``.
 
@@ -116,6 +118,9 @@ def extract_patches(
         Library under ``uns["spatial"]``; default: the only one with an image.
     show_progress
         Show a progress bar.
+    library_key
+        ``obs`` column naming each spot's section when ``adata`` holds several: each section's
+        spots are cut from its own image, ``uns["spatial"][section]`` (squidpy's convention).
 
     Returns
     -------
@@ -126,20 +131,49 @@ def extract_patches(
     """
     if patch_spots <= 0 or patch_px < 4:
         raise SencaInputError(f"patch_spots={patch_spots}, patch_px={patch_px}; expected patch_spots > 0 and patch_px >= 4")
-    image, scale, diameter = section_image(adata, library_id)
+    if library_key is not None and library_id is not None:
+        raise SencaInputError("extract_patches: give library_id (one section) or library_key (several), not both")
+    names, codes = section_codes(adata, library_key)
+    patches = np.empty((adata.n_obs, 3, patch_px, patch_px), dtype=np.uint8)
+    fraction = np.empty(adata.n_obs)
+    bar = tqdm(total=adata.n_obs, desc="H&E patches", disable=not show_progress, leave=False)
+    for code, name in enumerate(names):
+        rows = np.flatnonzero(codes == code)
+        image, scale, diameter = section_image(adata, name if library_key is not None else library_id)
+        centres = np.asarray(adata.obsm["spatial"], dtype=float)[rows, :2] * scale
+        patches[rows] = _cut(image, centres, max(patch_spots * diameter * scale / 2.0, 1.0), patch_px, bar)
+        fraction[rows] = tissue_fraction(patches[rows])
+        height, width = image.shape[:2]
+        outside = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= width) | (centres[:, 1] >= height)
+        blank = (fraction[rows] < _MIN_TISSUE_FRACTION) & ~outside
+        if outside.any() or blank.any():
+            # Spots are placed on tissue: many on glass or black means the image does not fit them.
+            suspicious = (outside | blank).mean() > _MAX_OFF_TISSUE
+            logger.warning(
+                "%s%d of %d spots lie outside the %d x %d image and %d fall on blank background "
+                "(< %.0f%% tissue pixels); their patches carry little image information%s",
+                f"section {name}: " if library_key is not None else "", int(outside.sum()), rows.size, width, height,
+                int(blank.sum()), 100 * _MIN_TISSUE_FRACTION,
+                "; so many suggest the image is not this section's or its scale factor is wrong" if suspicious else "",
+            )
+    bar.close()
+    adata.obs["patch_tissue_fraction"] = fraction
+    return patches
+
+
+def _cut(image: np.ndarray, centres: np.ndarray, half: float, patch_px: int, bar) -> np.ndarray:
+    """Patches of ``image`` around ``centres`` (image pixels), ``2 * half`` pixels across, a chunk at a time."""
     height, width = image.shape[:2]
-    centres = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
-    half = max(patch_spots * diameter * scale / 2.0, 1.0)
     background = _background_colour(image)
     side = int(round(2 * half))
     corners = np.rint(centres - half).astype(np.int64)  # (x0, y0) of every square
     # Pillow's resampling of a side x side crop to patch_px x patch_px, as two matrices.
     filter_ = "bilinear" if side < patch_px else "box"
     weights = _resample_weights(side, patch_px, filter_)
-    patches = np.empty((adata.n_obs, 3, patch_px, patch_px), dtype=np.uint8)
+    patches = np.empty((centres.shape[0], 3, patch_px, patch_px), dtype=np.uint8)
     chunk = max(1, _CHUNK_PIXELS // max(side, patch_px) ** 2)
     offsets = np.arange(side)
-    for start in tqdm(range(0, adata.n_obs, chunk), desc="H&E patches", disable=not show_progress, leave=False):
+    for start in range(0, centres.shape[0], chunk):
         x0, y0 = corners[start:start + chunk, 0], corners[start:start + chunk, 1]
         cols, rows = x0[:, None] + offsets, y0[:, None] + offsets  # (spots, side)
         inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
@@ -149,17 +183,5 @@ def extract_patches(
         crops = crops.transpose(0, 3, 1, 2).astype(np.float64)
         wide = _round_fixed(crops @ weights.T)
         patches[start:start + chunk] = _round_fixed(weights @ wide)
-    outside = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= width) | (centres[:, 1] >= height)
-    fraction = tissue_fraction(patches)
-    blank = (fraction < _MIN_TISSUE_FRACTION) & ~outside
-    if outside.any() or blank.any():
-        # Spots are placed on tissue: many on glass or black means the image does not fit them.
-        suspicious = (outside | blank).mean() > _MAX_OFF_TISSUE
-        logger.warning(
-            "%d of %d spots lie outside the %d x %d image and %d fall on blank background "
-            "(< %.0f%% tissue pixels); their patches carry little image information%s",
-            int(outside.sum()), adata.n_obs, width, height, int(blank.sum()), 100 * _MIN_TISSUE_FRACTION,
-            "; so many suggest the image is not this section's or its scale factor is wrong" if suspicious else "",
-        )
-    adata.obs["patch_tissue_fraction"] = fraction
+        bar.update(len(x0))
     return patches

@@ -11,6 +11,7 @@ from senca.io.h5ad import read_h5ad, validate_adata, write_h5ad
 from senca.io.image import attach_image, read_image
 from senca.io.labels import read_labels
 from senca.io.spatialdata import is_spatialdata, read_spatialdata, write_regions
+from senca.io.sections import concat_sections, split_sections
 from senca.io.st import her2st_samples, read_her2st, read_st
 from senca.io.visium import matrix_source, read_10x_h5, read_10x_mtx, read_visium
 
@@ -97,7 +98,7 @@ def read(
 
 
 __all__ = [
-    "FORMATS", "attach_image", "detect_format", "her2st_samples", "matrix_source", "read", "read_10x_h5", "read_h5ad",
-    "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_spatialdata", "read_st", "read_visium",
-    "space_ranger_folder", "validate_adata", "write_h5ad", "write_regions",
+    "FORMATS", "attach_image", "concat_sections", "detect_format", "her2st_samples", "matrix_source", "read",
+    "read_10x_h5", "read_h5ad", "read_10x_mtx", "read_her2st", "read_image", "read_labels", "read_spatialdata", "read_st",
+    "read_visium", "space_ranger_folder", "split_sections", "validate_adata", "write_h5ad", "write_regions",
 ]

@@ -19,6 +19,7 @@ from torch_geometric.utils import remove_self_loops, to_undirected
 
 from senca.errors import SencaInputError
 from senca.graph.autocorrelation import coherent_features
+from senca.graph.spatial import section_codes
 from senca.model._config import SencaConfig
 from senca.model.module import SencaModule
 from senca.training.trainer import (
@@ -112,8 +113,32 @@ def _make_data(adata: AnnData, x: np.ndarray, graph_key: str, config: SencaConfi
     x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     edge_index = _edge_index(adata, graph_key)
     target = neighbourhood_mean(x, edge_index, config.target_smoothing_hops)
-    coordinates = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2] if "spatial" in adata.obsm else None
-    return SencaData(x, edge_index, target=target, coordinates=coordinates)
+    return SencaData(x, edge_index, target=target, coordinates=_batch_coordinates(adata))
+
+
+def _batch_coordinates(adata: AnnData) -> np.ndarray | None:
+    """Spot positions that order the mini-batch seeds into contiguous blocks.
+
+    When the graph was built per section (``uns["spatial_neighbors"]["library_key"]``), each
+    section is scaled into its own unit square on the diagonal, ``[i, i + 1)``: every spot of
+    section ``i`` then lies below and left of every spot of section ``i + 1``, so a Z-order of
+    the positions runs through the sections one after another and a block takes its seeds from
+    one section (two at a seam), where the sections' own, overlapping coordinates would mix
+    them.
+    """
+    if "spatial" not in adata.obsm:
+        return None
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    library_key = adata.uns.get("spatial_neighbors", {}).get("library_key")
+    if library_key is None or library_key not in adata.obs:
+        return xy
+    codes = section_codes(adata, library_key)[1]
+    tiled = np.empty_like(xy)
+    for code in np.unique(codes):
+        rows = codes == code
+        block = xy[rows] - xy[rows].min(axis=0)
+        tiled[rows] = code + 0.99 * block / max(float(block.max()), 1e-12)
+    return tiled
 
 
 def _patches(adata: AnnData, patches: Any) -> torch.Tensor:

@@ -39,9 +39,10 @@ def region_palette(categories: list[str]) -> dict[str, str]:
     return palette
 
 
-def _image_and_extent(adata: ad.AnnData):
-    """The section image, the scale to it and the spot diameter in image pixels."""
-    for library in adata.uns.get("spatial", {}).values():
+def _image_and_extent(adata: ad.AnnData, library_id: str | None = None):
+    """The section image (of ``library_id``; default the first with one), the scale to it and the spot diameter in image pixels."""
+    libraries = adata.uns.get("spatial", {})
+    for library in ([libraries.get(library_id, {})] if library_id is not None else libraries.values()):
         images, scalefactors = library.get("images", {}), library.get("scalefactors", {})
         for resolution in ("hires", "lowres"):
             if resolution in images and f"tissue_{resolution}_scalef" in scalefactors:
@@ -52,9 +53,9 @@ def _image_and_extent(adata: ad.AnnData):
     return None, 1.0, 0.0
 
 
-def _layout(adata: ad.AnnData):
+def _layout(adata: ad.AnnData, library_id: str | None = None):
     """Image, spot centres and diameter in image pixels, and the crop window around the spots."""
-    image, scale, diameter = _image_and_extent(adata)
+    image, scale, diameter = _image_and_extent(adata, library_id)
     xy = np.asarray(adata.obsm["spatial"], dtype=float)[:, :2] * scale
     if diameter <= 0:
         # The spacing the spatial graph measured, else measured here (a kNN search over the spots).

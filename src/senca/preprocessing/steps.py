@@ -12,6 +12,7 @@ from scipy import linalg
 from sklearn.decomposition import PCA
 
 from senca.errors import SencaInputError
+from senca.graph.spatial import section_codes
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +69,18 @@ def log_normalize(adata: ad.AnnData, target_sum: float = 1e4) -> None:
     adata.layers["lognorm"] = adata.X
 
 
-def highly_variable_genes(adata: ad.AnnData, n_top_genes: int = 3000) -> None:
-    """Mark the ``n_top_genes`` most variable genes in ``var["highly_variable"]`` (all genes when there are fewer)."""
+def highly_variable_genes(adata: ad.AnnData, n_top_genes: int = 3000, library_key: str | None = None) -> None:
+    """Mark the ``n_top_genes`` most variable genes in ``var["highly_variable"]`` (all genes when there are fewer).
+
+    With ``library_key`` (several sections), variability is judged within each section and
+    genes variable in the most sections come first (scanpy's ``batch_key``), so a gene that
+    merely differs between sections is not taken for a regional one.
+    """
     if adata.n_vars <= n_top_genes:
         adata.var["highly_variable"] = True
         logger.info("%d genes <= n_top_genes=%d: all genes are used", adata.n_vars, n_top_genes)
         return
-    sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat")
+    sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat", batch_key=library_key)
 
 
 def _standardised(x: sp.csr_matrix, scale: bool) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -138,7 +144,8 @@ def _randomized_svd(times, times_transposed, shape: tuple[int, int], n_comps: in
     return u * signs, values, vt * signs[:, None]
 
 
-def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True, max_fit_spots: int | None = 50_000) -> None:
+def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True, max_fit_spots: int | None = 50_000,
+        library_key: str | None = None) -> None:
     """PCA of the highly variable genes into ``obsm["X_pca"]`` and the loadings into ``varm["PCs"]``, without densifying them.
 
     Genes are centred and, with ``scale``, scaled to unit variance and clipped at 10 first,
@@ -149,9 +156,13 @@ def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True
     ``max_fit_spots`` spots the loadings are fitted on a random subsample of that many spots
     (drawn with ``seed``) and every spot is projected on them: a sample of that size pins the
     leading directions down, and the cost of the fit then stops growing with the section.
-    ``None`` fits on all spots.
+    ``None`` fits on all spots. With ``library_key`` genes are centred and scaled within each
+    section (see :func:`_pca_by_section`).
     """
     genes = adata.var["highly_variable"].to_numpy() if "highly_variable" in adata.var else np.ones(adata.n_vars, bool)
+    if library_key is not None:
+        _pca_by_section(adata, genes, n_comps, seed, scale, library_key)
+        return
     x = sp.csr_matrix(adata.X[:, genes], dtype=np.float64)
     n, n_genes = x.shape
     n_comps = min(n_comps, min(n, n_genes) - 1)
@@ -181,6 +192,36 @@ def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True
     adata.varm["PCs"] = loadings
 
 
+def _centre_scale(data: np.ndarray, scale: bool) -> np.ndarray:
+    """Centre the columns of ``data`` in place and, with ``scale``, divide by their standard deviation."""
+    data -= data.mean(axis=0)
+    if scale:
+        std = data.std(axis=0)
+        data /= np.where(std > 0, std, 1.0)
+    return data
+
+
+def _pca_by_section(adata: ad.AnnData, genes: np.ndarray, n_comps: int, seed: int, scale: bool, library_key: str) -> None:
+    """:func:`pca` of several sections: genes centred and scaled within each section, so that
+    differences of depth and chemistry between sections do not become the leading components,
+    then one PCA over all sections (one shared input space). Dense: cohorts of a few sections."""
+    data = adata.X[:, genes]
+    data = np.asarray(data.toarray() if sp.issparse(data) else data, dtype=np.float64)
+    codes = section_codes(adata, library_key)[1]
+    for code in np.unique(codes):
+        data[codes == code] = _centre_scale(data[codes == code], scale)
+    if scale:
+        np.clip(data, -10, 10, out=data)
+    n_comps = min(n_comps, min(data.shape) - 1)
+    model = PCA(n_components=n_comps, svd_solver="randomized" if n_comps < min(data.shape) // 2 else "full", random_state=seed)
+    adata.obsm["X_pca"] = model.fit_transform(data).astype(np.float32)
+    adata.uns["pca"] = {"variance_ratio": model.explained_variance_ratio_, "variance": model.explained_variance_,
+                        "n_comps": n_comps, "scaled": scale}
+    loadings = np.zeros((adata.n_vars, n_comps), dtype=np.float32)
+    loadings[genes] = model.components_.T
+    adata.varm["PCs"] = loadings
+
+
 def preprocess(
     adata: ad.AnnData,
     min_counts: int = 1,
@@ -189,8 +230,14 @@ def preprocess(
     n_top_genes: int = 3000,
     n_comps: int = 200,
     seed: int = 0,
+    library_key: str | None = None,
 ) -> ad.AnnData:
     """Run QC, normalisation + log1p, HVG selection and PCA.
+
+    With ``library_key`` (an ``obs`` column naming each spot's section), several sections are
+    preprocessed together: one gene space (QC over all spots, HVGs judged per section), each
+    spot normalised by its own library size, genes standardised per section before one shared
+    PCA (see :func:`highly_variable_genes`, :func:`pca`).
 
     Returns
     -------
@@ -199,6 +246,6 @@ def preprocess(
     """
     adata = filter_spots_genes(adata, min_counts=min_counts, min_spots=min_spots)
     log_normalize(adata, target_sum=target_sum)
-    highly_variable_genes(adata, n_top_genes=n_top_genes)
-    pca(adata, n_comps=n_comps, seed=seed)
+    highly_variable_genes(adata, n_top_genes=n_top_genes, library_key=library_key)
+    pca(adata, n_comps=n_comps, seed=seed, library_key=library_key)
     return adata
