@@ -354,8 +354,8 @@ def render_markdown(results: dict, ctx: ReportContext) -> str:
     if ctx.reused:
         lines += ["## Copied from the previous results", "",
                   "These entries were not run by this command (`--reuse`): they are copied from the previous "
-                  "`results.json`, measured with the same protocol and the same settings and code path of the "
-                  "method; the method ran on the other sections.", ""]
+                  "`results.json` (there, the mean over that run's seeds), measured with the same protocol and the "
+                  "same settings and code path of the method; the method ran on the other sections.", ""]
         lines += [f"- **{method}**: {', '.join(sections) if sections else 'no section'}"
                   for method, sections in ctx.reused.items()]
         lines.append("")
