@@ -70,7 +70,7 @@ def small_result():
 
 
 def fake_writer(payload: bytes = b"ok"):
-    def write_all(result, settings, folder, title):
+    def write_all(result, settings, folder, title, save_model=False):
         for name in outputs.OUTPUT_FILES:
             (folder / name).write_bytes(payload)
     return write_all
@@ -108,7 +108,7 @@ def test_unwritable_parent_found_before_any_work(tmp_path, capsys):
 
 
 def test_disk_full_while_writing_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
-    def full(result, settings, folder, title):
+    def full(result, settings, folder, title, save_model=False):
         (folder / "regions.csv").write_text("half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -144,7 +144,7 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path, monkeypatch):
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or done.returncode})")
     try:
-        def write_all(result, settings, folder, title):
+        def write_all(result, settings, folder, title, save_model=False):
             big = ad.AnnData(np.random.default_rng(0).random((600, 600)).astype(np.float32))
             big.write_h5ad(folder / "senca.h5ad")  # 1.4 MB, uncompressed
 
