@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.cluster import KMeans
-from sklearn.mixture import GaussianMixture
 from torch_geometric.utils import add_remaining_self_loops, scatter, to_scipy_sparse_matrix
 from tqdm.auto import tqdm
 
+from senca.clustering.gmm import fit_gmm
 from senca.clustering.k_selection import select_k
 from senca.graph.autocorrelation import coherent_features
 from senca.training.augment import PatchAugmenter, patches_to_tensor
@@ -301,7 +301,10 @@ class StagedTrainer:
             selection = select_k(z, cfg.n_clusters_range, cfg.seed)
             k, self.k_selection = selection.k, selection.to_dict()
         if cfg.dec_init == "gmm":
-            centres = GaussianMixture(k, covariance_type="tied", random_state=cfg.seed).fit(z).means_
+            # The same mixture as the final clustering (best of its k-means starts, subsampled
+            # on large sections): DEC sharpens the partition it starts from, so a poor single
+            # start would be locked in.
+            centres = fit_gmm(z, k, scale="none", seed=cfg.seed).centers
         else:
             centres = KMeans(k, n_init=10, random_state=cfg.seed).fit(z).cluster_centers_
         self.module.init_centres(torch.as_tensor(centres, dtype=torch.float32), mean, std)
