@@ -95,7 +95,7 @@ class SencaConfig:
     :meth:`to_dict` omits ``None`` values so the result can be written as TOML.
     """
 
-    hidden_dim: int = 128
+    hidden_dim: int = 64
     latent_dim: int = 32
     gt_layers: int = 2
     gt_heads: int = 4
@@ -132,8 +132,8 @@ class SencaConfig:
     n_clusters: int | None = None
     n_clusters_range: tuple[int, int] = K_RANGE
 
-    epochs_warmup: int = 100
-    epochs_shared: int = 300
+    epochs_warmup: int = 60
+    epochs_shared: int = 200
     epochs_regions: int = 30
     lr: float = 1e-3
     weight_decay: float = 1e-4
