@@ -247,3 +247,35 @@ def test_readme_python_snippet_runs_as_written(monkeypatch, tmp_path):
     assert result.metrics["restarts"] == 3 and result.adata.n_obs == 346
     assert "senca_region_name" in result.adata.obs and "X_senca" in result.adata.obsm
     assert SENCA.load(tmp_path / "repo" / "a1-model").adata.n_obs == 346
+
+
+def test_auto_restart_jobs_uses_free_cores_only_where_safe_and_worth_it(monkeypatch):
+    import senca.pipeline as pipeline
+    from senca.settings import RunSettings
+
+    settings = RunSettings()
+    settings.device = "cpu"
+    assert settings.clustering.restart_jobs == "auto"
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(pipeline, "_spawn_is_safe", lambda: True)
+    assert pipeline.restart_jobs(settings, 3, 5000) == 2  # two free cores, three restarts
+    assert pipeline.restart_jobs(settings, 1, 5000) == 1
+    assert pipeline.restart_jobs(settings, 3, 500) == 1  # too small for a process to pay
+    monkeypatch.setattr(pipeline, "_spawn_is_safe", lambda: False)
+    assert pipeline.restart_jobs(settings, 3, 5000) == 1  # a script without a known __main__ guard
+
+
+def test_spawn_is_safe_under_pytest_is_false_and_for_the_senca_command_true(monkeypatch):
+    import sys
+    import types
+
+    import senca.pipeline as pipeline
+
+    assert not pipeline._spawn_is_safe()  # pytest's __main__ is a file of another package
+    command = types.ModuleType("__main__")
+    command.__file__ = "/venv/bin/senca"
+    monkeypatch.setitem(sys.modules, "__main__", command)
+    assert pipeline._spawn_is_safe()
+    interactive = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", interactive)
+    assert pipeline._spawn_is_safe()

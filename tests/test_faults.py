@@ -191,7 +191,7 @@ def test_settings_checked_before_any_data_is_read(tmp_path, capsys):
     cases = [
         (["--seed", "-1"], "flags: seed = -1; expected an integer from 0 to 2**32 - 1"),
         (["--device", "bogus"], "flags: device = 'bogus'; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-        (["--jobs", "0"], "[clustering] restart_jobs = 0; expected an integer >= 1"),
+        (["--jobs", "0"], "[clustering] restart_jobs = 0; expected 'auto' or an integer >= 1"),
         (["--k", "1"], "[clustering] k = 1; expected at least 2 regions"),
         (["--patch-spots", "-2"], "[image] patch_spots = -2.0"),
     ]

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import pickle
 import resource
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +48,8 @@ REGION_KEY = "senca_region"
 _RESTART_SEED_STEP = 1000
 _RESTARTS_STEM = "senca-restarts-"
 _EMBEDDING_FILE = "embedding.npy"
+# Below this many spots a restart takes about as long as starting a process for it.
+_AUTO_JOBS_MIN_SPOTS = 2000
 
 
 @contextlib.contextmanager
@@ -71,15 +74,38 @@ def restart_seeds(settings: RunSettings) -> list[int]:
     return [settings.seed + _RESTART_SEED_STEP * r for r in range(restarts)]
 
 
-def restart_jobs(settings: RunSettings, n_restarts: int) -> int:
-    """How many restarts train at once: ``settings.clustering.restart_jobs``, 1 off the CPU."""
+def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> int:
+    """How many restarts train at once: ``settings.clustering.restart_jobs``, 1 off the CPU.
+
+    ``"auto"`` uses one process per restart, up to the cores this process may run on, where
+    that pays and is safe: on a section of at least ``_AUTO_JOBS_MIN_SPOTS`` spots (below it,
+    starting a process costs about what a restart does) and when the main program is the
+    ``senca`` command or an interactive session. A user's script may lack the
+    ``if __name__ == "__main__":`` guard that spawned processes need, so there it trains the
+    restarts one after another unless given a number.
+    """
     jobs = settings.clustering.restart_jobs
+    if jobs == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if resolve_device(settings.device).type != "cpu" or n_spots < _AUTO_JOBS_MIN_SPOTS or not _spawn_is_safe():
+            return 1
+        return max(1, min(cores, n_restarts))
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise SencaInputError(f"clustering.restart_jobs={jobs!r}: expected an integer >= 1")
+        raise SencaInputError(f"clustering.restart_jobs={jobs!r}: expected 'auto' or an integer >= 1")
     if jobs > 1 and resolve_device(settings.device).type != "cpu":
         logger.info("restarts train one after another on %s (restart_jobs applies to the CPU)", settings.device)
         return 1
     return min(jobs, n_restarts)
+
+
+def _spawn_is_safe() -> bool:
+    """Whether spawned processes can start: the main module is senca's command or has no file."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None:  # interactive interpreter, Jupyter
+        return True
+    spec = getattr(main, "__spec__", None)
+    return (spec is not None and spec.name.split(".")[0] == "senca") or Path(path).stem == "senca"
 
 
 def _train_one(adata: ad.AnnData, config, patches, image_features, device: str, progress: bool) -> SENCA:
@@ -274,7 +300,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True,
     train in parallel processes, with the same result (see :func:`_train_restarts`).
     """
     seeds = restart_seeds(settings)  # bad restart settings fail before the costly steps
-    jobs = restart_jobs(settings, len(seeds))
+    jobs = restart_jobs(settings, len(seeds), adata.n_obs)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with timed("preprocess", timings):

@@ -91,9 +91,11 @@ class ClusterSettings:
     ``restart_jobs``: how many restarts train at once, each in its own process (CPU only; on a
     GPU they run one after another). The regions are the same as with 1; the wall time falls
     towards that of one restart when there are as many free cores, and the memory grows with
-    every process (each holds its own copy of the section): DLPFC 151510 on 2 cores, 218 s with
-    1, 144 s with 2, 126 s with 3 (``benchmarks/restart_jobs.md``). The processes are spawned,
-    so a script that sets it needs the ``if __name__ == "__main__":`` guard.
+    every process (each holds its own copy of the section; measurements in
+    ``benchmarks/restart_jobs.md``). ``"auto"``: one process per restart up to the free cores,
+    from the ``senca`` command or an interactive session, on sections large enough for it to
+    pay (see :func:`senca.pipeline.restart_jobs`). The processes are spawned, so a script that
+    sets a number needs the ``if __name__ == "__main__":`` guard.
     """
 
     method: str = "gmm"
@@ -101,7 +103,7 @@ class ClusterSettings:
     scale: str = "none"
     refine: bool = True
     restarts: int = 3
-    restart_jobs: int = 1
+    restart_jobs: int | str = "auto"
 
 
 @dataclass
@@ -198,7 +200,7 @@ _RANGES: list[tuple[str | None, str, Any, str]] = [
     ("clustering", "k", lambda v: v >= 2, "at least 2 regions"),
     ("clustering", "scale", lambda v: v in ("none", "standardize", "whiten"), "'none', 'standardize' or 'whiten'"),
     ("clustering", "restarts", lambda v: v >= 1, "an integer >= 1"),
-    ("clustering", "restart_jobs", lambda v: v >= 1, "an integer >= 1"),
+    ("clustering", "restart_jobs", lambda v: v == "auto" or (not isinstance(v, str) and v >= 1), "'auto' or an integer >= 1"),
     ("model", "lr", lambda v: 0 < v <= 1, "a positive learning rate up to 1"),
     ("model", "weight_decay", lambda v: v >= 0, ">= 0"),
     ("model", "dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
