@@ -279,3 +279,6 @@ def test_spawn_is_safe_under_pytest_is_false_and_for_the_senca_command_true(monk
     interactive = types.ModuleType("__main__")
     monkeypatch.setitem(sys.modules, "__main__", interactive)
     assert pipeline._spawn_is_safe()
+    # a daemonic process (a Dask worker) may not start processes of its own
+    monkeypatch.setattr(pipeline.multiprocessing.current_process(), "daemon", True, raising=False)
+    assert not pipeline._spawn_is_safe()

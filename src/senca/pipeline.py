@@ -99,7 +99,10 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
 
 
 def _spawn_is_safe() -> bool:
-    """Whether spawned processes can start: the main module is senca's command or has no file."""
+    """Whether spawned processes can start: not in a daemon (e.g. a Dask worker), and the main
+    module is senca's command or has no file."""
+    if multiprocessing.current_process().daemon:
+        return False
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if path is None:  # interactive interpreter, Jupyter
