@@ -282,3 +282,24 @@ def test_spawn_is_safe_under_pytest_is_false_and_for_the_senca_command_true(monk
     # a daemonic process (a Dask worker) may not start processes of its own
     monkeypatch.setattr(pipeline.multiprocessing.current_process(), "daemon", True, raising=False)
     assert not pipeline._spawn_is_safe()
+
+
+def test_auto_restart_processes_are_capped_by_free_memory(monkeypatch):
+    import numpy as np
+    import scipy.sparse as sp
+    from anndata import AnnData
+
+    import senca.pipeline as pipeline
+
+    adata = AnnData(sp.random(1000, 500, density=0.1, format="csr", dtype=np.float32, random_state=0))
+    adata.obsm["X_pca"] = np.zeros((1000, 50), dtype=np.float32)
+    patches = np.zeros((1000, 3, 64, 64), dtype=np.uint8)
+    per_process = 3 * (adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes
+                       + adata.obsm["X_pca"].nbytes + patches.nbytes) + pipeline._PROCESS_OVERHEAD_BYTES
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: 10 * per_process)
+    assert pipeline._affordable_jobs(3, adata, patches, None) == 3
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: 2 * per_process + 1)
+    assert pipeline._affordable_jobs(3, adata, patches, None) == 2
+    monkeypatch.setattr(pipeline, "_available_memory", lambda: per_process // 2)
+    assert pipeline._affordable_jobs(3, adata, patches, None) == 1
+    assert pipeline._available_memory() > 0

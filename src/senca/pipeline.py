@@ -50,6 +50,8 @@ _RESTARTS_STEM = "senca-restarts-"
 _EMBEDDING_FILE = "embedding.npy"
 # Below this many spots a restart takes about as long as starting a process for it.
 _AUTO_JOBS_MIN_SPOTS = 2000
+# Memory of a restart process beyond its copy of the section: the interpreter, torch, the model.
+_PROCESS_OVERHEAD_BYTES = 1 << 30
 
 
 @contextlib.contextmanager
@@ -96,6 +98,45 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
         logger.info("restarts train one after another on %s (restart_jobs applies to the CPU)", settings.device)
         return 1
     return min(jobs, n_restarts)
+
+
+def _affordable_jobs(jobs: int, adata: ad.AnnData, patches, image_features) -> int:
+    """Lower ``jobs`` to the restart processes the free memory holds, each with its own copy of the section.
+
+    A process is reckoned at three times the section's arrays (its copy, the tensors made
+    from it, the pickle it was sent in) plus ``_PROCESS_OVERHEAD_BYTES`` for torch and the
+    model; on a Visium HD-sized section that leaves the restarts one after another.
+    """
+    if jobs == 1:
+        return 1
+    section = sum(_nbytes(a) for a in (adata.X, *adata.layers.values(), *adata.obsm.values(), *adata.obsp.values(),
+                                       patches, image_features))
+    per_process = 3 * section + _PROCESS_OVERHEAD_BYTES
+    affordable = max(1, min(jobs, _available_memory() // per_process))
+    if affordable < jobs:
+        logger.info("restarts: %d process(es), not %d: each needs about %.1f GB and %.1f GB are free", affordable, jobs,
+                    per_process / 1e9, _available_memory() / 1e9)
+    return affordable
+
+
+def _nbytes(array) -> int:
+    if array is None:
+        return 0
+    if hasattr(array, "data") and hasattr(array, "indices"):  # scipy sparse
+        return array.data.nbytes + array.indices.nbytes + array.indptr.nbytes
+    return int(getattr(array, "nbytes", 0))
+
+
+def _available_memory() -> int:
+    """Bytes of memory free for new processes (``MemAvailable``; the total where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _spawn_is_safe() -> bool:
@@ -327,6 +368,8 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True,
     config = config.replace(n_clusters=k)
     # Regions of one training run depend on its random start (on small sections ARI varied
     # from 0.01 to 0.52 between seeds); the consensus of restarts is steadier.
+    if settings.clustering.restart_jobs == "auto":
+        jobs = _affordable_jobs(jobs, adata, patches, image_features)
     with timed("training", timings):
         trained = _train_restarts(adata, config, seeds, patches, image_features, settings.device, jobs, progress)
     runs = []
