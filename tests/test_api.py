@@ -303,3 +303,22 @@ def test_auto_restart_processes_are_capped_by_free_memory(monkeypatch):
     monkeypatch.setattr(pipeline, "_available_memory", lambda: per_process // 2)
     assert pipeline._affordable_jobs(3, adata, patches, None) == 1
     assert pipeline._available_memory() > 0
+
+
+def test_image_usable_checks_each_section_of_a_multi_section_anndata():
+    import numpy as np
+    from anndata import AnnData
+
+    from senca.pipeline import _image_usable
+
+    adata = AnnData(np.ones((4, 2), dtype=np.float32))
+    adata.obs["section"] = ["a", "a", "b", "b"]
+
+    def library(spot_px: float) -> dict:
+        return {"images": {"lowres": np.zeros((50, 50, 3), dtype=np.uint8)},
+                "scalefactors": {"tissue_lowres_scalef": spot_px / 100.0, "spot_diameter_fullres": 100.0}}
+
+    adata.uns["spatial"] = {"a": library(20.0), "b": library(20.0)}
+    assert _image_usable(adata, 8.0, library_key="section")
+    adata.uns["spatial"]["b"] = library(4.0)  # a Visium lowres image in one of the sections
+    assert not _image_usable(adata, 8.0, library_key="section")

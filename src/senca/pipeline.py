@@ -32,7 +32,7 @@ from senca._process import die_with_parent, owned_prefix, remove_dead_runs
 from senca.clustering import cluster, consensus_labels
 from senca.errors import SencaInputError
 from senca.evaluation import n_clusters_from_labels, score
-from senca.graph import spatial_graph
+from senca.graph import section_codes, spatial_graph
 from senca.image import extract_patches, section_image
 from senca.model import SENCA
 from senca.model._senca import resolve_device
@@ -292,16 +292,22 @@ def _prepare(adata: ad.AnnData, settings: RunSettings, library_key: str | None =
     return adata, image_features
 
 
-def _image_usable(adata: ad.AnnData, min_spot_px: float) -> bool:
-    """Whether the section's image shows texture: at least ``min_spot_px`` pixels across a spot."""
-    image, scale, diameter = section_image(adata)
-    spot_px = diameter * scale
-    if spot_px >= min_spot_px:
-        return True
-    logger.warning("the H&E image has %.1f px across a spot (%d x %d px image), too few for texture "
-                   "(at least %g, image.min_spot_px): running on the transcriptomics alone; give a "
-                   "higher-resolution image to use it", spot_px, image.shape[1], image.shape[0], min_spot_px)
-    return False
+def _image_usable(adata: ad.AnnData, min_spot_px: float, library_key: str | None = None) -> bool:
+    """Whether the section's image shows texture: at least ``min_spot_px`` pixels across a spot.
+
+    With ``library_key``, every section's own image must (the model reads all or none).
+    """
+    names = [None] if library_key is None else section_codes(adata, library_key)[0]
+    for name in names:
+        image, scale, diameter = section_image(adata, None if name is None else str(name))
+        spot_px = diameter * scale
+        if spot_px < min_spot_px:
+            logger.warning("the H&E image%s has %.1f px across a spot (%d x %d px image), too few for texture "
+                           "(at least %g, image.min_spot_px): running on the transcriptomics alone; give a "
+                           "higher-resolution image to use it", "" if name is None else f" of section {name}",
+                           spot_px, image.shape[1], image.shape[0], min_spot_px)
+            return False
+    return True
 
 
 def _n_regions(adata: ad.AnnData, settings: RunSettings) -> int | None:
@@ -356,7 +362,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True,
         if not has_image(adata):
             logger.warning("the section has no H&E image: running on the transcriptomics alone")
             config = config.replace(use_image=False)
-        elif not _image_usable(adata, settings.image.min_spot_px):
+        elif not _image_usable(adata, settings.image.min_spot_px, library_key):
             config = config.replace(use_image=False)
         else:
             with timed("patches", timings):
