@@ -78,8 +78,8 @@ def cohort_scores(spots: pd.DataFrame, summaries: list[dict]) -> tuple[pd.DataFr
 
     The pooled scores compare the cohort ids of all spots of all sections with their labels at
     once: high only when the same id means the same label in every section. The paired test
-    compares the sections' ARI with that of an expression-only baseline (PCA + GMM, the same
-    number of regions) on the same sections.
+    compares the sections' ARI with that of an expression-only baseline (spatially smoothed
+    PCA + GMM, the same number of regions) on the same sections.
     """
     if "label" not in spots or spots["label"].isna().all():
         return pd.DataFrame(), {}
@@ -188,7 +188,7 @@ def _html(folder, mode, status, composition, summary, scores, markers, config_te
                      + composition.to_html(border=0, float_format=lambda v: f"{v:.2f}") + "</section>")
     if scores is not None and not scores.empty:
         test = summary.get("wilcoxon_vs_baseline")
-        line = (f"Paired Wilcoxon test of senca against PCA + GMM over {test['n_sections']} sections: "
+        line = (f"Paired Wilcoxon test of senca against smoothed PCA + GMM over {test['n_sections']} sections: "
                 f"p = {test['p_value']:.3g} (senca higher in {test['senca_better']})" if test else
                 "Too few labelled sections (or no difference) for a paired test.")
         pooled = summary["pooled"]
