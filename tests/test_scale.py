@@ -56,15 +56,24 @@ def test_run_end_to_end_above_8192_spots(large_section, tmp_path, caplog):
     assert result.uns["umap"]["n_spots_laid_out"] == 9000
 
 
-def _dense_reference_pca(x: np.ndarray, n_comps: int, seed: int) -> np.ndarray:
+def _dense_standardised(x: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+    """``x`` centred, scaled and clipped at +-10 as a dense matrix; with ``codes``, each section's
+    genes on their own (centred, scaled, clipped and centred again)."""
+    codes = np.zeros(len(x), int) if codes is None else codes
+    data = np.empty_like(x)
+    for code in np.unique(codes):
+        part = x[codes == code] - x[codes == code].mean(axis=0)
+        std = part.std(axis=0)
+        part = np.clip(part / np.where(std > 0, std, 1.0), -10, 10)
+        data[codes == code] = part - part.mean(axis=0)
+    return data
+
+
+def _dense_reference_pca(x: np.ndarray, n_comps: int, seed: int, codes: np.ndarray | None = None) -> np.ndarray:
     """The PCA of the dense, scaled and clipped matrix, as senca computed it before it stayed sparse."""
     from sklearn.decomposition import PCA
 
-    data = x - x.mean(axis=0)
-    std = data.std(axis=0)
-    data /= np.where(std > 0, std, 1.0)
-    np.clip(data, -10, 10, out=data)
-    return PCA(n_components=n_comps, svd_solver="randomized", random_state=seed).fit_transform(data)
+    return PCA(n_components=n_comps, svd_solver="randomized", random_state=seed).fit_transform(_dense_standardised(x, codes))
 
 
 def test_sparse_pca_equals_dense_pca_with_clipping():
@@ -85,6 +94,48 @@ def test_sparse_pca_equals_dense_pca_with_clipping():
     # The clipping matters here, so the test would notice it missing.
     unclipped = np.log1p(x) - np.log1p(x).mean(axis=0)
     assert np.abs(unclipped / np.where(unclipped.std(0) > 0, unclipped.std(0), 1)).max() > 10
+
+
+def test_sparse_pca_by_section_equals_dense_reference():
+    import anndata as ad
+
+    from senca.preprocessing import pca
+
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 3, 700)  # three sections, interleaved rows
+    depth = np.array([0.2, 0.5, 1.5])[codes][:, None]  # different depth per section
+    x = rng.poisson(depth * rng.gamma(1.0, 1.0, size=(1, 90)), size=(700, 90)).astype(float)
+    x[np.flatnonzero(codes == 1)[:2], 4] = 60.0  # beyond +10 standard deviations in section 1 only
+    x[:, 8] = 5.0 + rng.normal(0, 0.1, 700)  # expressed everywhere: its zeros lie beyond -10
+    x[np.flatnonzero(codes == 2)[:2], 8] = 0.0
+    x[codes == 0, 11] = 0.0  # constant within one section
+    x = np.log1p(x)
+    adata = ad.AnnData(sparse.csr_matrix(x))
+    adata.obs["section"] = np.array(["a", "b", "c"])[codes]
+    pca(adata, n_comps=15, seed=4, library_key="section")
+    reference = _dense_reference_pca(x, 15, seed=4, codes=codes)
+    np.testing.assert_allclose(adata.obsm["X_pca"], reference, atol=1e-4 * np.abs(reference).max())
+    assert adata.uns["pca"]["n_spots_fitted"] == 700
+    # the variance ratios are those of the dense matrix
+    ratio = reference.var(axis=0) / _dense_standardised(x, codes).var(axis=0).sum()
+    np.testing.assert_allclose(adata.uns["pca"]["variance_ratio"], ratio, rtol=1e-4)
+    # per-section standardising matters here: the pooled PCA differs
+    pooled = adata.copy()
+    pca(pooled, n_comps=15, seed=4)
+    assert np.abs(np.abs(pooled.obsm["X_pca"][:, 0]) - np.abs(reference[:, 0])).max() > 0.1 * np.abs(reference).max()
+    # loadings fitted on a subsample: every spot is projected on them, standardised in its section
+    sub = adata.copy()
+    pca(sub, n_comps=5, seed=4, library_key="section", max_fit_spots=400)
+    assert sub.uns["pca"]["n_spots_fitted"] == 400
+    projected = _dense_standardised(x, codes) @ sub.varm["PCs"]
+    np.testing.assert_allclose(sub.obsm["X_pca"], projected, atol=1e-4 * np.abs(projected).max())
+    # one section alone is the plain PCA
+    one = ad.AnnData(sparse.csr_matrix(x))
+    one.obs["section"] = "a"
+    plain = one.copy()
+    pca(one, n_comps=15, seed=4, library_key="section")
+    pca(plain, n_comps=15, seed=4)
+    np.testing.assert_allclose(one.obsm["X_pca"], plain.obsm["X_pca"], atol=1e-5 * np.abs(plain.obsm["X_pca"]).max())
 
 
 def test_pca_above_max_fit_spots_projects_every_spot():

@@ -108,14 +108,34 @@ def _standardised(x: sp.csr_matrix, scale: bool) -> tuple[sp.csr_matrix, np.ndar
     return y, centre, std
 
 
-def _operator(y: sp.csr_matrix, centre: np.ndarray, std: np.ndarray) -> tuple:
-    """Products with ``(y - 1 centre^T) / std`` and its transpose, never forming the dense matrix."""
+def _standardised_by_section(x: sp.csr_matrix, scale: bool, codes: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """:func:`_standardised` within each section (``codes``: each spot's section ``0..k-1``).
+
+    Each section's ``y`` is divided by that section's own standard deviations, so one ``std``
+    (ones) serves all sections and ``y`` stays as sparse as ``x``; ``centre`` has one row per
+    section, the mean of its standardised and clipped values.
+    """
+    order = np.argsort(codes, kind="stable")  # spots grouped by section, as vstack lays them out
+    parts, centres = [], []
+    for code in range(int(codes.max()) + 1):
+        y, centre, std = _standardised(x[codes == code], scale)
+        parts.append(sp.csr_matrix(y @ sp.diags(1.0 / std)))
+        centres.append(centre / std)
+    y = sp.vstack(parts, format="csr")[np.argsort(order)]
+    return y, np.stack(centres), np.ones(x.shape[1])
+
+
+def _operator(y: sp.csr_matrix, centre: np.ndarray, std: np.ndarray, codes: np.ndarray) -> tuple:
+    """Products with ``(y - centre[codes]) / std`` and its transpose, never forming the dense
+    matrix; ``centre`` has one row per section, ``codes`` gives each row's section."""
     def times(v: np.ndarray) -> np.ndarray:
         v = v / std[:, None]
-        return y @ v - centre @ v
+        return y @ v - np.stack([c @ v for c in centre])[codes]
 
     def times_transposed(u: np.ndarray) -> np.ndarray:
-        return (y.T @ u - np.outer(centre, u.sum(axis=0))) / std[:, None]
+        # Column sums of ``u`` per section (one section: of all of ``u``, summed in its own order).
+        sums = u.sum(axis=0)[None] if len(centre) == 1 else np.stack([u[codes == code].sum(axis=0) for code in range(len(centre))])
+        return (y.T @ u - centre.T @ sums) / std[:, None]
 
     return times, times_transposed
 
@@ -156,69 +176,49 @@ def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True
     ``max_fit_spots`` spots the loadings are fitted on a random subsample of that many spots
     (drawn with ``seed``) and every spot is projected on them: a sample of that size pins the
     leading directions down, and the cost of the fit then stops growing with the section.
-    ``None`` fits on all spots. With ``library_key`` genes are centred and scaled within each
-    section (see :func:`_pca_by_section`).
+    ``None`` fits on all spots. With ``library_key`` (several sections) genes are centred and
+    scaled within each section (see :func:`_standardised_by_section`), so that differences of
+    depth and chemistry between sections do not become the leading components, and one PCA
+    runs over all sections (one shared input space), as sparse as for one section.
     """
     genes = adata.var["highly_variable"].to_numpy() if "highly_variable" in adata.var else np.ones(adata.n_vars, bool)
-    if library_key is not None:
-        _pca_by_section(adata, genes, n_comps, seed, scale, library_key)
-        return
     x = sp.csr_matrix(adata.X[:, genes], dtype=np.float64)
     n, n_genes = x.shape
     n_comps = min(n_comps, min(n, n_genes) - 1)
-    y, centre, std = _standardised(x, scale)
-    times, times_transposed = _operator(y, centre, std)
+    codes = section_codes(adata, library_key)[1]
+    if library_key is None:
+        y, centre, std = _standardised(x, scale)
+        centre = centre[None]
+    else:
+        y, centre, std = _standardised_by_section(x, scale, codes)
+    times, times_transposed = _operator(y, centre, std, codes)
     n_fitted = n
     if n_comps >= min(n, n_genes) // 2 and n * n_genes <= _DENSE_MAX_ENTRIES:
+        data = y.toarray()
+        for code, row in enumerate(centre):
+            data[codes == code] -= row
         model = PCA(n_components=n_comps, svd_solver="full", random_state=seed)
-        scores = model.fit_transform((y.toarray() - centre) / std)
+        scores = model.fit_transform(data / std)
         components = model.components_
     elif max_fit_spots is not None and n > max_fit_spots:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=max_fit_spots, replace=False))
         logger.info("PCA loadings fitted on %d of %d spots, all spots projected", max_fit_spots, n)
-        _, _, components = _randomized_svd(*_operator(y[rows], centre, std), (max_fit_spots, n_genes), n_comps, seed)
+        fit_operator = _operator(y[rows], centre, std, codes[rows])
+        _, _, components = _randomized_svd(*fit_operator, (max_fit_spots, n_genes), n_comps, seed)
         scores, n_fitted = times(components.T), max_fit_spots
     else:
         u, values, components = _randomized_svd(times, times_transposed, (n, n_genes), n_comps, seed)
         scores = u * values
-    # Variance of each PC over all spots, against the total variance of the standardised genes.
-    total = float(((np.asarray(y.multiply(y).mean(axis=0)).ravel() - centre**2) / std**2).sum())
+    # Variance of each PC over all spots, against the total variance of the standardised genes
+    # (each section's genes are centred on the section's mean: the total is the mean of squares).
+    weights = np.bincount(codes, minlength=len(centre)) / n
+    total = float(((np.asarray(y.multiply(y).mean(axis=0)).ravel() - weights @ centre**2) / std**2).sum())
     adata.obsm["X_pca"] = scores.astype(np.float32)
     adata.uns["pca"] = {"variance_ratio": scores.var(axis=0) / max(total, 1e-300), "variance": scores.var(axis=0, ddof=1),
                         "n_comps": n_comps, "scaled": scale, "n_spots_fitted": n_fitted}
     # Loadings as scanpy keeps them (zero for genes outside the HVGs), e.g. for sc.pl.pca_loadings.
     loadings = np.zeros((adata.n_vars, n_comps), dtype=np.float32)
     loadings[genes] = components.T
-    adata.varm["PCs"] = loadings
-
-
-def _centre_scale(data: np.ndarray, scale: bool) -> np.ndarray:
-    """Centre the columns of ``data`` in place and, with ``scale``, divide by their standard deviation."""
-    data -= data.mean(axis=0)
-    if scale:
-        std = data.std(axis=0)
-        data /= np.where(std > 0, std, 1.0)
-    return data
-
-
-def _pca_by_section(adata: ad.AnnData, genes: np.ndarray, n_comps: int, seed: int, scale: bool, library_key: str) -> None:
-    """:func:`pca` of several sections: genes centred and scaled within each section, so that
-    differences of depth and chemistry between sections do not become the leading components,
-    then one PCA over all sections (one shared input space). Dense: cohorts of a few sections."""
-    data = adata.X[:, genes]
-    data = np.asarray(data.toarray() if sp.issparse(data) else data, dtype=np.float64)
-    codes = section_codes(adata, library_key)[1]
-    for code in np.unique(codes):
-        data[codes == code] = _centre_scale(data[codes == code], scale)
-    if scale:
-        np.clip(data, -10, 10, out=data)
-    n_comps = min(n_comps, min(data.shape) - 1)
-    model = PCA(n_components=n_comps, svd_solver="randomized" if n_comps < min(data.shape) // 2 else "full", random_state=seed)
-    adata.obsm["X_pca"] = model.fit_transform(data).astype(np.float32)
-    adata.uns["pca"] = {"variance_ratio": model.explained_variance_ratio_, "variance": model.explained_variance_,
-                        "n_comps": n_comps, "scaled": scale}
-    loadings = np.zeros((adata.n_vars, n_comps), dtype=np.float32)
-    loadings[genes] = model.components_.T
     adata.varm["PCs"] = loadings
 
 
