@@ -403,3 +403,21 @@ def test_consensus_aligns_region_names_and_takes_the_majority():
     assert consensus_labels([renamed]).agreement is None
     with pytest.raises(SencaInputError, match="same length"):
         consensus_labels([np.array(["0"]), np.array(["0", "1"])])
+
+
+def test_global_scale_is_one_factor_and_select_k_ignores_an_affine_change():
+    from senca.clustering import global_scale, select_k
+
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 1, (150, 4)), rng.normal(6, 1, (150, 4))] * np.array([1.0, 1.0, 0.1, 0.01]) + 3.0
+    centre, factor = global_scale(x)
+    z = (x - centre) / factor
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-12)
+    assert z.var(axis=0, ddof=1).mean() == pytest.approx(1.0)
+    # one factor for all features: their relative spread is kept (not standardised each)
+    np.testing.assert_allclose(z.std(axis=0) / z.std(axis=0)[0], x.std(axis=0) / x.std(axis=0)[0])
+    # select_k rescales its input itself: a shifted, scaled copy gives the same curve
+    a, b = select_k(x, (2, 5), seed=0, max_spots=300), select_k(50.0 * x - 7.0, (2, 5), seed=0, max_spots=300)
+    assert a.k == b.k == 2
+    np.testing.assert_allclose(a.bic, b.bic, rtol=1e-6)
+    assert global_scale(np.ones((5, 3)))[1] == 1e-12  # a constant input is only centred

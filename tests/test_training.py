@@ -215,6 +215,29 @@ def test_mini_batch_training_runs_and_records_history():
     assert model.get_latent_representation().shape == (adata.n_obs, 8)
 
 
+def test_region_stage_and_select_k_rescale_the_embedding_once(monkeypatch):
+    from senca.clustering import global_scale
+    from senca.training import trainer
+
+    seen = []
+
+    def spy(x, *args, **kwargs):
+        seen.append(np.array(x))
+        return select_k(x, *args, **kwargs)
+
+    select_k = trainer.select_k
+    monkeypatch.setattr(trainer, "select_k", spy)
+    model = SENCA(grid(side=12), device="cpu", **{**FAST, "n_clusters": None}).train(progress_bar=False)
+    (x,) = seen
+    # select_k is given the embedding itself, not one rescaled already, and rescales it as the
+    # region stage did (one definition: global_scale).
+    centre, factor = global_scale(x)
+    assert np.abs(centre).max() > 1e-3
+    np.testing.assert_allclose(model.module.emb_mean.numpy(), centre, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.module.emb_std.numpy(), factor, rtol=1e-6)
+    assert model.n_regions == model.k_selection["k"]
+
+
 # ---------------------------------------------------------------- stages
 
 

@@ -3,7 +3,8 @@
 AnnData level: :func:`cluster` (GMM "EEE" / k-means / Leiden, optional spatial refinement),
 :func:`smooth_representation`. Array level, for code that works on embeddings directly
 (e.g. initialising cluster centres): :func:`fit_gmm`, :func:`fit_kmeans`, :func:`fit_leiden`,
-:func:`refine_labels`, :func:`consensus_labels` (of several clusterings, e.g. restarts).
+:func:`refine_labels`, :func:`consensus_labels` (of several clusterings, e.g. restarts),
+:func:`global_scale` (the one rescaling of an embedding before it is clustered).
 """
 
 from senca.clustering._utils import ClusterResult
@@ -14,6 +15,7 @@ from senca.clustering.k_selection import K_RANGE, KSelection, select_k
 from senca.clustering.kmeans import fit_kmeans
 from senca.clustering.leiden import fit_leiden, leiden_partition
 from senca.clustering.refine import refine_labels
+from senca.clustering.scaling import global_scale
 from senca.clustering.smooth import smooth_representation
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "fit_gmm",
     "fit_kmeans",
     "fit_leiden",
+    "global_scale",
     "leiden_partition",
     "refine_labels",
     "scale_features",

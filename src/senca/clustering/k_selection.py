@@ -29,6 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
+from senca.clustering.scaling import global_scale
 from senca.errors import SencaInputError
 
 logger = logging.getLogger(__name__)
@@ -108,11 +109,9 @@ def select_k(x: np.ndarray, k_range: tuple[int, int] = K_RANGE, seed: int = 0, m
     """
     x = np.asarray(x, dtype=np.float64)
     ks = list(check_k_range(k_range, x.shape[0]))
-    # One scale for all dimensions (as the model's region stage): per-dimension standardising
-    # would give an embedding's low-variance, uninformative directions the weight of the others
-    # in the k-means starts of EM. It keeps reg_covar relative.
-    z = x - x.mean(axis=0)
-    z /= max(float(np.sqrt(z.var(axis=0).mean())), 1e-12)
+    # One scale for all dimensions, the model's region stage's (see global_scale); it keeps reg_covar relative.
+    centre, factor = global_scale(x)
+    z = (x - centre) / factor
     if z.shape[0] > max_spots:
         z = z[np.sort(np.random.default_rng(seed).choice(z.shape[0], size=max_spots, replace=False))]
     bic = []

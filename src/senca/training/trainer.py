@@ -31,8 +31,8 @@ from sklearn.cluster import KMeans
 from torch_geometric.utils import add_remaining_self_loops, scatter, to_scipy_sparse_matrix
 from tqdm.auto import tqdm
 
+from senca.clustering import global_scale, select_k
 from senca.clustering.gmm import fit_gmm
-from senca.clustering.k_selection import select_k
 from senca.graph.autocorrelation import coherent_features
 from senca.training.augment import PatchAugmenter, patches_to_tensor
 from senca.training.losses import dec_loss, dec_target, neighbour_info_nce, nt_xent, reconstruction_loss
@@ -290,15 +290,14 @@ class StagedTrainer:
     def _init_regions(self) -> None:
         cfg = self.config
         emb = embed(self.module, self.data, self.sampler, self.device)
-        # One scale for every dimension (centred, unit mean variance), not one per dimension:
-        # the embedding's variance spectrum is what it learned, and per-dimension scaling would
-        # give its low-variance, uninformative directions the weight of the informative ones.
-        mean = emb.mean(0)
-        std = emb.var(0).mean().sqrt().clamp(min=1e-6).expand(emb.shape[1]).clone()
+        # One scale for every dimension (centred, unit mean variance), as select_k's.
+        centre, factor = global_scale(emb.numpy())
+        mean = torch.as_tensor(centre, dtype=emb.dtype)
+        std = torch.full((emb.shape[1],), factor, dtype=emb.dtype)
         z = ((emb - mean) / std).numpy()
         k = cfg.n_clusters
         if k is None:
-            selection = select_k(z, cfg.n_clusters_range, cfg.seed)
+            selection = select_k(emb.numpy(), cfg.n_clusters_range, cfg.seed)
             k, self.k_selection = selection.k, selection.to_dict()
         if cfg.dec_init == "gmm":
             # The same mixture as the final clustering (best of its k-means starts, subsampled
