@@ -372,8 +372,8 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True,
 
     k = _n_regions(adata, settings)
     config = config.replace(n_clusters=k)
-    # Regions of one training run depend on its random start (on small sections ARI varied
-    # from 0.01 to 0.52 between seeds); the consensus of restarts is steadier.
+    # Regions of one training run depend on its random start; the consensus of restarts is
+    # steadier (benchmarks/README.md, "Why the defaults are what they are", "[clustering] restarts").
     if settings.clustering.restart_jobs == "auto":
         jobs = _affordable_jobs(jobs, adata, patches, image_features)
     with timed("training", timings):

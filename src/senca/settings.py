@@ -74,13 +74,10 @@ class ClusterSettings:
 
     ``restarts``: the model is trained this many times (seeds ``seed``, ``seed + 1000``, ...)
     and the regions are the per-spot consensus of the restarts' regions
-    (:func:`senca.clustering.consensus_labels`). One run's regions depend on its random start
-    (single runs of a HER2ST section moved by up to 0.5 ARI between seeds); the consensus of
-    three is steadier and better on average: mean ARI of the 8 HER2ST sections over seeds 0-4,
-    0.275 with one run, 0.296 with three (seeds 0-2: 0.285 / 0.292, seeds 3-4: 0.259 / 0.303);
-    DLPFC 151510, seeds 0-2: 0.521 with one run, 0.520 with three (both measured before the
-    image target was left unaveraged, which raised A1). It costs three times the training
-    time; 1 for a quick look.
+    (:func:`senca.clustering.consensus_labels`). One run's regions depend on its random start;
+    the consensus of three is steadier and better on average. It costs three times the
+    training time; 1 for a quick look (measurements: benchmarks/README.md, section "Why the
+    defaults are what they are", "[clustering] restarts").
 
     ``scale``: how the embedding is rescaled before the GMM (see
     :func:`senca.clustering.scale_features`). ``"none"`` by default: the embedding's variance

@@ -98,7 +98,8 @@ def _fit_one(
 
 
 # EM's products are (n x d) @ (d x d) per component: threaded BLAS costs more than it saves
-# there (measured up to 10x slower on a loaded 2-core machine), so the mixture runs single-threaded.
+# there, so the mixture runs single-threaded (measurements: benchmarks/README.md, section
+# "Why the defaults are what they are", "The GMM runs single-threaded").
 @threadpool_limits.wrap(limits=1, user_api="blas")
 def fit_gmm(
     x: np.ndarray,
@@ -127,11 +128,10 @@ def fit_gmm(
         Feature scaling before fitting, see :func:`scale_features`.
     n_init
         EM restarts (each from a k-means initialisation); the best likelihood is kept. The
-        likelihood has several near-equal optima on a learned embedding: with 3 restarts,
-        the GMM's seed alone moved the ARI of one senca embedding of DLPFC 151510 between
-        0.39 and 0.54. 10 restarts find the better optimum more often (senca on 151510,
-        seeds 0-4: mean ARI 0.483 with 3, 0.520 with 10; HER2ST mean 0.275 and 0.274) for
-        about a second more on 4,600 spots.
+        likelihood has several near-equal optima on a learned embedding, and 10 restarts
+        find the better one more often than 3 for little more time (measurements:
+        benchmarks/README.md, section "Why the defaults are what they are", "GMM restarts
+        n_init").
     reg_covar
         Ridge added to the shared covariance's diagonal. With ``scale="standardize"`` or
         ``"whiten"`` it is relative to unit feature variance, so ``1e-4`` guards against

@@ -35,8 +35,8 @@ class SencaConfig:
         view-agreement loss over all patches (the first epochs of stage 1). 0 by default:
         the texture statistics of the randomly initialised ResNet (BatchNorm re-estimated on
         the section) already describe stain and texture, and the few passes a CPU affords
-        add little for their cost (HER2ST A1 with its image, seeds 0-2: ARI 0.45 / 0.51 / 0.65
-        in 20 s without them, 0.65 / 0.50 / 0.51 in 100 s and 400 MB more with 10 passes);
+        add little for their cost (measurements: benchmarks/README.md, section "Why the
+        defaults are what they are", "[model] epochs_image");
         raise it with a GPU or pretrained ``image_weights``; ``image_batch_size`` patches per
         self-supervised step;
         ``freeze_image_after_warmup`` caches the ResNet features
@@ -46,11 +46,10 @@ class SencaConfig:
     Input
         ``n_input_pcs`` leading PCs used (all when ``None``); ``coherence_z``: of those PCs,
         and of the image features, only the spatially coherent ones are used: Moran's I over
-        the spatial graph with a z-score above this value (``None``: all). On HER2ST sections
-        only 4-11 of 200 PCs pass ``z > 3``; the other PCs are noise yet carry about two
-        thirds of the variance, and in the reconstruction loss they drowned the signal
-        (HER2ST, transcriptomics only, seeds 0-2: mean ARI 0.225 with all PCs, 0.250 with the
-        coherent ones); of the 2054 ResNet texture statistics of A1, 830-1070 pass.
+        the spatial graph with a z-score above this value (``None``: all). On small noisy
+        sections most PCs are spatial noise yet carry most of the variance, and in the
+        reconstruction loss they drowned the signal (measurements: benchmarks/README.md,
+        section "Why the defaults are what they are", "[model] coherence_z").
         ``target_smoothing_hops``
         times the expression reconstruction target is averaged over each spot's neighbourhood
         (0: reconstruct the raw input); the image features are reconstructed as they are.
@@ -62,9 +61,9 @@ class SencaConfig:
         from the fused embedding, so that it keeps what only the image tells;
         ``w_image_view``
         agreement of two augmented views of each patch; ``w_contrast`` cross-modal
-        InfoNCE (off by default: on HER2ST A1, whose image features carry little of the
-        expression's structure, aligning the gene stream to them at weight 0.02 cut the ARI
-        from about 0.33 to 0.16, measured before the coherent-feature selection; raise it
+        InfoNCE (off by default: aligning the gene stream to image features that carry little
+        of the expression's structure lowered the ARI, measurements: benchmarks/README.md,
+        section "Why the defaults are what they are", "[model] w_contrast"; raise it
         when the image is known to be informative) at temperature ``temperature`` with
         ``n_negatives`` sampled negatives and
         spatial neighbours as extra positives of relative weight ``neighbour_positive_weight``;
@@ -82,9 +81,10 @@ class SencaConfig:
         ``batch_size`` seed spots per mini-batch (full batch when ``None`` and the
         section has at most ``full_batch_max_spots`` spots; else blocks of 4096); ``seed``; ``num_threads``
         intra-op CPU threads while training / embedding (``None``: torch's setting). One
-        thread is the default because the graph operations are small: on a shared 2-core
-        machine two threads were 4-10x slower, ResNet included; raise it on an idle
-        many-core machine.
+        thread is the default because the graph operations are small, and more threads were
+        slower on a shared machine, ResNet included (measurements: benchmarks/README.md,
+        section "Why the defaults are what they are", "[model] num_threads"); raise it on
+        an idle many-core machine.
     Ablations (each a different code path)
         ``use_image`` (False: gene branch only); ``use_graph`` (False: MLP instead of the
         graph transformer); ``cross_attention`` (False: concatenate the branch outputs);

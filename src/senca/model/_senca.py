@@ -83,8 +83,9 @@ def _st_input(adata: AnnData, pca_key: str, n_pcs: int | None = None) -> np.ndar
 def _coherent_pcs(adata: AnnData, x: np.ndarray, graph_key: str, z_min: float | None) -> np.ndarray:
     """Columns of ``x`` (PCs) used as ST input: the spatially coherent ones (``SencaConfig.coherence_z``).
 
-    On small noisy sections most PCs are noise (HER2ST: 4-11 of 200 pass ``z > 3``, yet the
-    others hold two thirds of the variance): left in, they would dominate the reconstruction loss.
+    On small noisy sections most PCs are noise yet hold most of the variance: left in, they
+    would dominate the reconstruction loss (measurements: benchmarks/README.md, section "Why
+    the defaults are what they are", "[model] coherence_z").
     """
     if z_min is None:
         return np.arange(x.shape[1])

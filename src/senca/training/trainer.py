@@ -268,8 +268,8 @@ class StagedTrainer:
         Sets the module's ``image_keep`` mask from the features the later stages see; the
         target is those features as they are. Unlike expression, they are not averaged over the
         neighbourhood: they carry no counting noise, each patch already spans about two spots,
-        and averaging blurred tissue boundaries (HER2ST A1, seeds 0-2: ARI 0.511 with the
-        averaged target, 0.622 without).
+        and averaging blurred tissue boundaries (measurements: benchmarks/README.md, section
+        "Why the defaults are what they are", "Image features reconstructed as they are").
         """
         cfg = self.config
         features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
