@@ -131,16 +131,29 @@ def label_palette(adata: ad.AnnData, label_key: str = "label") -> dict[str, str]
 
 
 # Longest side, in pixels, of the image drawn under a map: above what a 6.8 inch panel shows at
-# 150 dpi. Matplotlib resampling a 2000 px H&E took about 10 s per render on a loaded 2-core
-# machine, Pillow's reduction of it a third of a second.
+# 150 dpi; Pillow reduces an H&E to it far faster than Matplotlib resamples it (measurements:
+# benchmarks/README.md, section "Why the defaults are what they are").
 _DISPLAY_PX = 1000
 
 
-def _display_image(image: np.ndarray, window: tuple[float, float, float, float]) -> tuple[np.ndarray, tuple]:
-    """The part of ``image`` inside ``window`` (x0, x1, y0, y1), reduced by Pillow to at most
-    :data:`_DISPLAY_PX` pixels a side, and its ``imshow`` extent in the image's pixel units."""
+def _reduce(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``crop`` resized by Pillow (Lanczos) to ``size`` (width, height): uint8 images as they
+    are, any other type channel by channel as 32-bit floats, kept within the crop's range."""
     from PIL import Image
 
+    if crop.dtype == np.uint8:
+        return np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS))
+    channels = crop.reshape(*crop.shape[:2], -1).astype(np.float32)
+    reduced = np.stack([np.asarray(Image.fromarray(channels[..., c]).resize(size, Image.Resampling.LANCZOS))
+                        for c in range(channels.shape[-1])], axis=-1)
+    reduced = np.clip(reduced, channels.min(), channels.max())  # Lanczos overshoots at edges
+    return reduced.reshape(size[1], size[0], *crop.shape[2:])
+
+
+def _display_image(image: np.ndarray, window: tuple[float, float, float, float]) -> tuple[np.ndarray, tuple]:
+    """The part of ``image`` inside ``window`` (x0, x1, y0, y1), reduced to at most
+    :data:`_DISPLAY_PX` pixels a side, and its ``imshow`` extent in the image's pixel units
+    (pixel ``(i, j)`` of ``image`` centred on ``(j, i)``)."""
     height, width = image.shape[:2]
     x0, x1, y0, y1 = window
     cx0, cy0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
@@ -148,14 +161,16 @@ def _display_image(image: np.ndarray, window: tuple[float, float, float, float])
     if cx1 <= cx0 or cy1 <= cy0:  # the spots lie outside the image
         cx0, cy0, cx1, cy1 = 0, 0, width, height
     # A slide-sized crop is first thinned by striding (cheap, no copy of the whole slide), then
-    # reduced by Pillow to the display size.
+    # reduced by Pillow to the display size. A kept pixel stands for the stride x stride block
+    # centred on it, so the kept pixels span stride times their number (past cx1 when the crop
+    # is not a multiple of the stride).
     stride = max(1, max(cx1 - cx0, cy1 - cy0) // (4 * _DISPLAY_PX))
     crop = np.ascontiguousarray(image[cy0:cy1:stride, cx0:cx1:stride])
     factor = max(crop.shape[0], crop.shape[1]) / _DISPLAY_PX
-    if factor > 1 and crop.dtype == np.uint8:
-        size = (max(round(crop.shape[1] / factor), 1), max(round(crop.shape[0] / factor), 1))
-        crop = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS))
-    return crop, (cx0 - 0.5, cx1 - 0.5, cy1 - 0.5, cy0 - 0.5)
+    extent = (cx0 - stride / 2, cx0 + (crop.shape[1] - 0.5) * stride, cy0 + (crop.shape[0] - 0.5) * stride, cy0 - stride / 2)
+    if factor > 1:
+        crop = _reduce(crop, (max(round(crop.shape[1] / factor), 1), max(round(crop.shape[0] / factor), 1)))
+    return crop, extent
 
 
 def _paint_spots(ax, xy: np.ndarray, labels: np.ndarray, categories: list[str], palette: dict[str, str],
