@@ -83,9 +83,28 @@ def highly_variable_genes(adata: ad.AnnData, n_top_genes: int = 3000, library_ke
     sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat", batch_key=library_key)
 
 
+# Stored values handled at once when the sparse matrix is scaled in place (bounds the temporaries).
+_VALUE_CHUNK = 10_000_000
+
+
+def _column_sums(x: sp.csr_matrix, squared: bool = False) -> np.ndarray:
+    """Per-column sum of the stored values (or of their squares), a chunk of values at a time:
+    no squared or transposed copy of ``x``."""
+    out = np.zeros(x.shape[1])
+    for start in range(0, x.nnz, _VALUE_CHUNK):
+        values = x.data[start:start + _VALUE_CHUNK]
+        out += np.bincount(x.indices[start:start + _VALUE_CHUNK], weights=np.square(values) if squared else values,
+                           minlength=x.shape[1])
+    return out
+
+
 def _standardised(x: sp.csr_matrix, scale: bool) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     """``(y, centre, std)`` with ``(y - centre) / std`` the centred genes, scaled to unit variance and
     clipped at +-10 with ``scale`` (as ``sc.pp.scale(max_value=10)``), ``y`` as sparse as ``x``.
+
+    ``y`` is ``x`` itself, its stored values clipped and shifted in place a chunk at a time:
+    ``x`` must be the caller's own copy. At a million spots one copy of the matrix in float64
+    is gigabytes, so no second one is made.
 
     A gene's non-zero values are clipped in place. Its zeros stand at ``-mean / std``; where
     that is below -10 (a gene expressed almost everywhere), they must become -10, which
@@ -94,18 +113,19 @@ def _standardised(x: sp.csr_matrix, scale: bool) -> tuple[sp.csr_matrix, np.ndar
     clipped values, as PCA re-centres.
     """
     n = x.shape[0]
-    mean = np.asarray(x.mean(axis=0)).ravel()
+    mean = _column_sums(x) / n
     if not scale:
         return x, mean, np.ones_like(mean)
-    var = np.maximum(np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean**2, 0.0)
+    var = np.maximum(_column_sums(x, squared=True) / n - mean**2, 0.0)
     std = np.where(var > 0, np.sqrt(var), 1.0)
-    y = x.copy()
-    cols = y.indices
-    y.data = np.clip(y.data, (mean - 10 * std)[cols], (mean + 10 * std)[cols])
+    low, high = mean - 10 * std, mean + 10 * std
     shift = np.where(mean > 10 * std, mean - 10 * std, 0.0)
-    y.data -= shift[cols]
-    centre = np.asarray(y.sum(axis=0)).ravel() / n
-    return y, centre, std
+    for start in range(0, x.nnz, _VALUE_CHUNK):
+        values, cols = x.data[start:start + _VALUE_CHUNK], x.indices[start:start + _VALUE_CHUNK]
+        np.clip(values, low[cols], high[cols], out=values)
+        values -= shift[cols]
+    centre = _column_sums(x) / n
+    return x, centre, std
 
 
 def _standardised_by_section(x: sp.csr_matrix, scale: bool, codes: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -130,7 +150,10 @@ def _operator(y: sp.csr_matrix, centre: np.ndarray, std: np.ndarray, codes: np.n
     matrix; ``centre`` has one row per section, ``codes`` gives each row's section."""
     def times(v: np.ndarray) -> np.ndarray:
         v = v / std[:, None]
-        return y @ v - np.stack([c @ v for c in centre])[codes]
+        out = y @ v
+        offsets = centre @ v  # one row per section
+        out -= offsets[0] if len(centre) == 1 else offsets[codes]
+        return out
 
     def times_transposed(u: np.ndarray) -> np.ndarray:
         # Column sums of ``u`` per section (one section: of all of ``u``, summed in its own order).
@@ -182,7 +205,8 @@ def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True
     runs over all sections (one shared input space), as sparse as for one section.
     """
     genes = adata.var["highly_variable"].to_numpy() if "highly_variable" in adata.var else np.ones(adata.n_vars, bool)
-    x = sp.csr_matrix(adata.X[:, genes], dtype=np.float64)
+    # One float64 copy of the genes used, which _standardised scales in place.
+    x = sp.csr_matrix(adata.X if genes.all() else adata.X[:, genes]).astype(np.float64)
     n, n_genes = x.shape
     n_comps = min(n_comps, min(n, n_genes) - 1)
     codes = section_codes(adata, library_key)[1]
@@ -212,9 +236,11 @@ def pca(adata: ad.AnnData, n_comps: int = 200, seed: int = 0, scale: bool = True
     # Variance of each PC over all spots, against the total variance of the standardised genes
     # (each section's genes are centred on the section's mean: the total is the mean of squares).
     weights = np.bincount(codes, minlength=len(centre)) / n
-    total = float(((np.asarray(y.multiply(y).mean(axis=0)).ravel() - weights @ centre**2) / std**2).sum())
+    total = float(((_column_sums(y, squared=True) / n - weights @ centre**2) / std**2).sum())
+    # The scores are centred: their variance from the sums of squares, without a centred copy.
+    variance = np.einsum("ij,ij->j", scores, scores) / n - scores.mean(axis=0) ** 2
     adata.obsm["X_pca"] = scores.astype(np.float32)
-    adata.uns["pca"] = {"variance_ratio": scores.var(axis=0) / max(total, 1e-300), "variance": scores.var(axis=0, ddof=1),
+    adata.uns["pca"] = {"variance_ratio": variance / max(total, 1e-300), "variance": variance * n / max(n - 1, 1),
                         "n_comps": n_comps, "scaled": scale, "n_spots_fitted": n_fitted}
     # Loadings as scanpy keeps them (zero for genes outside the HVGs), e.g. for sc.pl.pca_loadings.
     loadings = np.zeros((adata.n_vars, n_comps), dtype=np.float32)
