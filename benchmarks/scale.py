@@ -106,6 +106,7 @@ class _LogLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(f"{time.perf_counter() - self.start:8.1f}  {record.name}: {record.getMessage()}")
+        print(self.lines[-1], file=sys.stderr, flush=True)  # the parent shows it as it comes: runs take hours
 
 
 def run_one(n_spots: int, image: bool, epochs: int | None, seed: int) -> dict:
@@ -181,17 +182,33 @@ def run_one(n_spots: int, image: bool, epochs: int | None, seed: int) -> dict:
 
 
 def _child(n_spots: int, image: bool, epochs: int | None, seed: int, timeout: float) -> dict:
+    """One run in a fresh process; its log goes on to this process's stderr as it comes."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n_spots), str(int(image)), str(seed)]
     if epochs is not None:
         cmd += ["--epochs", str(epochs)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"n_spots": n_spots, "image": image, "epochs": epochs, "error": f"timed out after {timeout:.0f} s"}
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return {"n_spots": n_spots, "image": image, "epochs": epochs, "error": f"exit {done.returncode}: {' | '.join(tail)}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    failed = {"n_spots": n_spots, "image": image, "epochs": epochs}
+    tail: list[str] = []
+    out: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        def relay() -> None:
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                tail[:] = (tail + [line.rstrip()])[-3:]
+
+        readers = [threading.Thread(target=relay, daemon=True),
+                   threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)]
+        for reader in readers:
+            reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return {**failed, "error": f"timed out after {timeout:.0f} s"}
+        for reader in readers:
+            reader.join()
+    if proc.returncode != 0:
+        return {**failed, "error": f"exit {proc.returncode}: {' | '.join(tail or [line.rstrip() for line in out[-3:]])}"}
+    return json.loads(out[-1])
 
 
 def _slope(sizes: list[int], values: list[float]) -> float | None:
