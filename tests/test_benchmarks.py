@@ -357,3 +357,39 @@ def test_reused_entries_fill_only_what_was_not_run(tmp_path):
     assert merged["her2st"]["senca"]["A1"]["ari"] == pytest.approx(0.7)  # what ran now is kept
     assert merged["dlpfc"]["stagate"]["151510"]["ari"] == pytest.approx(0.3)
     assert "151673" not in merged["dlpfc"]["stagate"] and "B1" not in merged["her2st"]["stagate"]
+
+
+def _scale_run(n_spots: int, seconds: float, mb: float) -> dict:
+    return {"n_spots": n_spots, "image": False, "seconds": {"preprocess": seconds / 2, "train": seconds / 2},
+            "senca_seconds": seconds, "cpu_seconds": {"preprocess": seconds / 4, "train": seconds / 4},
+            "senca_cpu_seconds": seconds / 2, "phase_peak_mb": {"preprocess": mb, "train": mb / 2}, "peak_mb": mb,
+            "load_average": {"start": 1.0, "end": 2.0, "mean": 1.5}, "settings": {"restarts": 3}}
+
+
+def test_scale_growth_exponents_recover_known_power_laws():
+    from benchmarks.scale import _markdown, growth_exponents
+
+    sizes = [20_000, 100_000, 1_000_000]
+    runs = [_scale_run(n, 3.0 * (n / 1000) ** 1.1, 500.0 * (n / 1000) ** 0.8) for n in sizes]
+    runs.append({**_scale_run(5_000, 1.0, 1.0)})  # below the slope's range: left out
+    runs.append({**_scale_run(20_000, 1e6, 1e6), "image": True})  # with an image: left out
+    runs.append({"n_spots": 50_000, "image": False, "error": "exit 1"})  # failed: left out
+    growth = growth_exponents(runs)
+    assert growth["sizes"] == sizes
+    assert growth["time"] == pytest.approx(1.1, abs=1e-3) and growth["cpu_time"] == pytest.approx(1.1, abs=1e-3)
+    assert growth["memory"] == pytest.approx(0.8, abs=1e-3)
+    assert growth["phase_time"]["train"] == pytest.approx(1.1, abs=1e-3)
+    assert growth["phase_memory"]["preprocess"] == pytest.approx(0.8, abs=1e-3)
+    text = _markdown({"command": "python benchmarks/scale.py", "machine": "m", "epochs": None, "runs": runs,
+                      "growth_exponent": growth})
+    assert "wall time 1.1, CPU time 1.1, peak memory 0.8" in text
+    assert "failed: exit 1" in text and "1.5 (1.0 / 2.0)" in text and "restarts 3" in text
+
+
+def test_scale_phase_stats_take_peak_and_cpu_within_each_phase():
+    from benchmarks.scale import _phase_stats
+
+    samples = [(t, 100.0 + (500.0 if 2 <= t <= 3 else 0.0), 0.5 * t) for t in np.arange(0, 10.01, 0.5)]
+    peaks, cpu = _phase_stats(samples, {"a": (0.0, 4.0), "b": (4.0, 10.0)})
+    assert peaks == {"a": 600.0, "b": 100.0}
+    assert cpu == {"a": 2.0, "b": 3.0}
