@@ -166,7 +166,8 @@ def run_one(n_spots: int, image: bool, epochs: int | None, seed: int) -> dict:
         "n_spots": n_spots,
         "image": image,
         "epochs": epochs,
-        "settings": _settings_used(settings),
+        # restart_jobs "auto" trains one restart after another when called from a script, as here.
+        "settings": {**_settings_used(settings), "restart_jobs_used": metrics.get("restart_jobs")},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "senca_seconds": round(written - simulated, 2),
         "cpu_seconds": cpu_seconds,
