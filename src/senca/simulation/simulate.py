@@ -596,8 +596,10 @@ def _counts(composition: np.ndarray, layout: _Layout, n_genes: int, rng: np.rand
         mu = lib[rows, None] * (weights[rows] @ profiles)
         lam = mu * rng.gamma(r[None, :], 1.0 / r[None, :], size=mu.shape)
         counts = rng.poisson(lam).astype(np.float32)
-        # Dropout: lowly expressed entries are lost more often (logistic in log mean).
-        p_drop = 0.5 / (1.0 + np.exp(1.2 * (np.log(mu) - math.log(0.5))))
+        # Dropout: lowly expressed entries are lost more often (logistic in log mean). A mean of
+        # 0 (an empty spot of a large grid) gives log 0 = -inf and drops nothing that exists.
+        with np.errstate(divide="ignore"):
+            p_drop = 0.5 / (1.0 + np.exp(1.2 * (np.log(mu) - math.log(0.5))))
         counts[rng.random(mu.shape) < p_drop] = 0
         chunks.append(sparse.csr_matrix(counts))
     counts = sparse.vstack(chunks, format="csr") if len(chunks) > 1 else chunks[0]
