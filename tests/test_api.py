@@ -296,13 +296,13 @@ def test_auto_restart_processes_are_capped_by_free_memory(monkeypatch):
     patches = np.zeros((1000, 3, 64, 64), dtype=np.uint8)
     per_process = 3 * (adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes
                        + adata.obsm["X_pca"].nbytes + patches.nbytes) + pipeline._PROCESS_OVERHEAD_BYTES
-    monkeypatch.setattr(pipeline, "_available_memory", lambda: 10 * per_process)
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 10 * per_process)
     assert pipeline._affordable_jobs(3, adata, patches, None) == 3
-    monkeypatch.setattr(pipeline, "_available_memory", lambda: 2 * per_process + 1)
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 2 * per_process + 1)
     assert pipeline._affordable_jobs(3, adata, patches, None) == 2
-    monkeypatch.setattr(pipeline, "_available_memory", lambda: per_process // 2)
+    monkeypatch.setattr(pipeline, "available_memory", lambda: per_process // 2)
     assert pipeline._affordable_jobs(3, adata, patches, None) == 1
-    assert pipeline._available_memory() > 0
+    assert pipeline.available_memory() > 0
 
 
 def test_image_usable_checks_each_section_of_a_multi_section_anndata():

@@ -1,4 +1,5 @@
-"""Process housekeeping: folders that name their owner's pid, and workers that die with their parent.
+"""Process housekeeping: folders that name their owner's pid, workers that die with their parent,
+and the memory that arrays take and that is free for new processes.
 
 A run killed without a chance to clean up (SIGKILL, power loss) leaves its temporary folders
 behind; they carry the run's pid so that the next run can tell them from a live run's.
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import scipy.sparse as sp
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,6 +34,27 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def array_bytes(array: Any) -> int:
+    """Bytes held by a dense or scipy-sparse array (0 for ``None``)."""
+    if array is None:
+        return 0
+    if sp.issparse(array):
+        return sum(getattr(array, name).nbytes for name in ("data", "indices", "indptr"))
+    return int(getattr(array, "nbytes", 0))
+
+
+def available_memory() -> int:
+    """Bytes of memory free for new processes (``MemAvailable``; the total where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def owned_prefix(stem: str) -> str:

@@ -16,10 +16,9 @@ import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from senca import plotting
-from senca._process import owned_prefix, remove_dead_runs, signals_held
+from senca._process import array_bytes, owned_prefix, remove_dead_runs, signals_held
 from senca.errors import SencaInputError
 from senca.io import write_h5ad, write_regions
 from senca.evaluation import markers as find_markers
@@ -124,11 +123,7 @@ def _estimated_bytes(adata: ad.AnnData) -> int:
     arrays = [adata.X, *adata.obsm.values(), *adata.layers.values()]
     for library in adata.uns.get("spatial", {}).values():
         arrays += list(library.get("images", {}).values()) if isinstance(library, dict) else []
-    total = 0
-    for array in arrays:
-        total += sum(getattr(array, name).nbytes for name in ("data", "indices", "indptr")) if sp.issparse(array) \
-            else getattr(array, "nbytes", 0)
-    return total + MIN_FREE_BYTES + 200 * adata.n_obs
+    return sum(array_bytes(array) for array in arrays) + MIN_FREE_BYTES + 200 * adata.n_obs
 
 
 def _region_table(adata: ad.AnnData) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from senca import io
-from senca._process import die_with_parent, owned_prefix, remove_dead_runs
+from senca._process import array_bytes, available_memory, die_with_parent, owned_prefix, remove_dead_runs
 from senca.clustering import cluster, consensus_labels
 from senca.errors import SencaInputError
 from senca.evaluation import n_clusters_from_labels, score
@@ -87,16 +87,18 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
     restarts one after another unless given a number.
     """
     jobs = settings.clustering.restart_jobs
-    if jobs == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if resolve_device(settings.device).type != "cpu" or n_spots < _AUTO_JOBS_MIN_SPOTS or not _spawn_is_safe():
-            return 1
-        return max(1, min(cores, n_restarts))
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+    auto = jobs == "auto"
+    if not auto and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise SencaInputError(f"clustering.restart_jobs={jobs!r}: expected 'auto' or an integer >= 1")
-    if jobs > 1 and resolve_device(settings.device).type != "cpu":
-        logger.info("restarts train one after another on %s (restart_jobs applies to the CPU)", settings.device)
+    if resolve_device(settings.device).type != "cpu":
+        if not auto and jobs > 1:
+            logger.info("restarts train one after another on %s (restart_jobs applies to the CPU)", settings.device)
         return 1
+    if auto:
+        if n_spots < _AUTO_JOBS_MIN_SPOTS or not _spawn_is_safe():
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(cores, n_restarts)
     return min(jobs, n_restarts)
 
 
@@ -109,34 +111,15 @@ def _affordable_jobs(jobs: int, adata: ad.AnnData, patches, image_features) -> i
     """
     if jobs == 1:
         return 1
-    section = sum(_nbytes(a) for a in (adata.X, *adata.layers.values(), *adata.obsm.values(), *adata.obsp.values(),
-                                       patches, image_features))
+    section = sum(array_bytes(a) for a in (adata.X, *adata.layers.values(), *adata.obsm.values(),
+                                           *adata.obsp.values(), patches, image_features))
     per_process = 3 * section + _PROCESS_OVERHEAD_BYTES
-    affordable = max(1, min(jobs, _available_memory() // per_process))
+    free = available_memory()
+    affordable = max(1, min(jobs, free // per_process))
     if affordable < jobs:
         logger.info("restarts: %d process(es), not %d: each needs about %.1f GB and %.1f GB are free", affordable, jobs,
-                    per_process / 1e9, _available_memory() / 1e9)
+                    per_process / 1e9, free / 1e9)
     return affordable
-
-
-def _nbytes(array) -> int:
-    if array is None:
-        return 0
-    if hasattr(array, "data") and hasattr(array, "indices"):  # scipy sparse
-        return array.data.nbytes + array.indices.nbytes + array.indptr.nbytes
-    return int(getattr(array, "nbytes", 0))
-
-
-def _available_memory() -> int:
-    """Bytes of memory free for new processes (``MemAvailable``; the total where that is unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _spawn_is_safe() -> bool:
