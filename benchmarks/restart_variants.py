@@ -41,6 +41,8 @@ def _global_scale(embedding: np.ndarray) -> np.ndarray:
 
 
 def _value(text: str):
+    if text in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[text]
     for kind in (int, float):
         try:
             return kind(text)

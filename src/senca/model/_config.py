@@ -26,7 +26,10 @@ class SencaConfig:
         ``hidden_dim`` width of the graph transformer and FFNs; ``latent_dim`` size ``d`` of
         the shared space (``z_g``, ``z_i``); ``gt_layers`` / ``gt_heads`` graph-transformer
         depth and heads; ``ca_heads`` heads of the neighbourhood cross-attention;
-        ``dropout``; ``fusion`` ``"concat"`` (embedding ``2d``) or ``"gate"`` (learned
+        ``dropout`` (0 by default: the embedding is only ever computed for the spots it was
+        trained on, so there is no generalisation to regularise, and dropout's noise made
+        training restarts disagree; measurements: benchmarks/README.md, "Why the defaults are
+        what they are", "[model] dropout"); ``fusion`` ``"concat"`` (embedding ``2d``) or ``"gate"`` (learned
         per-dimension gate, embedding ``d``, starting at weight ``sigmoid(gate_gene_prior)``
         on ``z_g``; 0 by default: no modality is preferred before training).
     Image branch
@@ -100,7 +103,7 @@ class SencaConfig:
     gt_layers: int = 2
     gt_heads: int = 4
     ca_heads: int = 4
-    dropout: float = 0.3
+    dropout: float = 0.0
     fusion: str = "gate"
     gate_gene_prior: float = 0.0
 

@@ -342,7 +342,10 @@ class StagedTrainer:
         if m.has_image and cfg.w_recon_image_features > 0:
             # Spot level, image side: the fused embedding keeps what the image tells (e.g. two
             # tissues with the same expression but different morphology), not only expression.
-            pred = m.image_decoder(out["embedding"][seeds])[:, self.image_columns.to(dev)]
+            # Only the rows of the decoder that predict the features read: the others are never
+            # compared, and computing them cost most of a step on a small section.
+            cols = self.image_columns.to(dev)
+            pred = torch.nn.functional.linear(out["embedding"][seeds], m.image_decoder.weight[cols], m.image_decoder.bias[cols])
             image_target = self.image_target[batch.nodes[batch.seeds]].to(dev)
             losses["recon_image_features"] = cfg.w_recon_image_features * (
                 (pred - image_target).pow(2).sum(-1).mean() / self.image_target_scale
