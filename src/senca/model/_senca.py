@@ -15,10 +15,10 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
-from torch_geometric.utils import remove_self_loops, to_undirected
 
 from senca.errors import SencaInputError
 from senca.graph.autocorrelation import coherent_features
+from senca.graph.ops import remove_self_loops, to_undirected
 from senca.graph.spatial import section_codes
 from senca.model._config import SencaConfig
 from senca.model.module import SencaModule
@@ -103,8 +103,7 @@ def _edge_index(adata: AnnData, graph_key: str) -> torch.Tensor:
         )
     coo = sp.coo_matrix(adata.obsp[graph_key])
     ei = torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64))
-    ei, _ = remove_self_loops(ei)
-    ei = to_undirected(ei, num_nodes=adata.n_obs)
+    ei = to_undirected(remove_self_loops(ei), adata.n_obs)
     if ei.shape[1] == 0:
         raise SencaInputError(f"AnnData: obsp[{graph_key!r}] has no edges between distinct spots")
     return ei

@@ -1,6 +1,7 @@
 """Layers of SENCA-st, all O(spots + edges) in memory.
 
-- :class:`GraphTransformer` ST branch (multi-head attention over the spatial graph's edges).
+- :class:`GraphAttentionConv` multi-head dot-product attention of each spot over its neighbours.
+- :class:`GraphTransformer` ST branch (layers of :class:`GraphAttentionConv`, residual).
 - :class:`MLPEncoder` the "no graph" ablation of the ST branch.
 - :class:`NeighbourhoodCrossAttention` sparse cross-attention of one modality over the other
   modality's features on each spot's neighbourhood N(i) + {i}.
@@ -16,10 +17,53 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch_geometric.nn import TransformerConv
-from torch_geometric.utils import add_remaining_self_loops, scatter, softmax
+from senca.graph.ops import add_self_loops, scatter_sum, segment_softmax
 
-__all__ = ["GraphTransformer", "MLPEncoder", "NeighbourhoodCrossAttention", "SharedEncoderBlock", "GatedFusion"]
+__all__ = ["GraphAttentionConv", "GraphTransformer", "MLPEncoder", "NeighbourhoodCrossAttention", "SharedEncoderBlock", "GatedFusion"]
+
+
+class GraphAttentionConv(nn.Module):
+    """Graph transformer convolution (Shi et al. 2021; PyTorch Geometric's ``TransformerConv``).
+
+    ``out_i = W_skip x_i + concat_h sum_{j in N(i)} softmax_j(q_i . k_j / sqrt(c)) v_j`` with
+    ``q = W_query x``, ``k = W_key x``, ``v = W_value x`` split into ``heads`` heads of ``c``
+    channels. Scores are computed per edge and normalised per target spot: O(edges) memory.
+    Parameter names and initialisation follow ``TransformerConv`` (concatenated heads, root
+    weight, no edge features).
+
+    Parameters
+    ----------
+    in_dim
+        Input features per spot.
+    head_dim
+        Channels ``c`` per head; the output has ``heads * head_dim``.
+    heads
+        Attention heads.
+    """
+
+    def __init__(self, in_dim: int, head_dim: int, heads: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = head_dim
+        width = heads * head_dim
+        self.lin_key = nn.Linear(in_dim, width)
+        self.lin_query = nn.Linear(in_dim, width)
+        self.lin_value = nn.Linear(in_dim, width)
+        self.lin_skip = nn.Linear(in_dim, width)
+        # Initialised a second time, in this order, as TransformerConv does: the same seed
+        # gives the same weights as the PyTorch Geometric layer.
+        for linear in (self.lin_key, self.lin_query, self.lin_value, self.lin_skip):
+            linear.reset_parameters()
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        src, dst = edge_index[0], edge_index[1]
+        query = self.lin_query(x).view(-1, self.heads, self.head_dim).index_select(0, dst)
+        key = self.lin_key(x).view(-1, self.heads, self.head_dim).index_select(0, src)
+        value = self.lin_value(x).view(-1, self.heads, self.head_dim).index_select(0, src)
+        alpha = segment_softmax((query * key).sum(dim=-1) / math.sqrt(self.head_dim), dst, n)
+        out = scatter_sum(value * alpha.view(-1, self.heads, 1), dst, n)
+        return out.view(-1, self.heads * self.head_dim) + self.lin_skip(x)
 
 
 class GraphTransformer(nn.Module):
@@ -51,7 +95,7 @@ class GraphTransformer(nn.Module):
         super().__init__()
         self.input = nn.Linear(in_dim, hidden_dim)
         self.convs = nn.ModuleList(
-            TransformerConv(hidden_dim, hidden_dim // heads, heads=heads, concat=True) for _ in range(n_layers)
+            GraphAttentionConv(hidden_dim, hidden_dim // heads, heads) for _ in range(n_layers)
         )
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(n_layers))
         self.output = nn.Linear(hidden_dim, out_dim)
@@ -88,8 +132,8 @@ class NeighbourhoodCrossAttention(nn.Module):
     """Multi-head attention of ``query`` spots over ``key_value`` features of their neighbourhood.
 
     For every spot ``i`` the attention runs over ``j in N(i) + {i}`` only: scores are computed
-    per edge and normalised per target spot (:func:`torch_geometric.utils.softmax`), values
-    are summed per target (:func:`torch_geometric.utils.scatter`). Memory is O(edges x dim);
+    per edge and normalised per target spot (:func:`senca.graph.ops.segment_softmax`), values
+    are summed per target (:func:`senca.graph.ops.scatter_sum`). Memory is O(edges x dim);
     no spots x spots matrix is formed.
 
     Parameters
@@ -134,7 +178,7 @@ class NeighbourhoodCrossAttention(nn.Module):
         """
         n = query.shape[0]
         tokens = torch.cat(list(key_value)) if isinstance(key_value, (list, tuple)) else key_value
-        edge_index, _ = add_remaining_self_loops(edge_index, num_nodes=n)
+        edge_index = add_self_loops(edge_index, n)
         # Token t of spot j sits at row t * n + j of ``tokens``.
         src = torch.cat([edge_index[0] + t * n for t in range(tokens.shape[0] // n)])
         dst = edge_index[1].repeat(tokens.shape[0] // n)
@@ -142,8 +186,8 @@ class NeighbourhoodCrossAttention(nn.Module):
         k = self.k(tokens).view(-1, self.heads, self.head_dim)[src]
         v = self.v(tokens).view(-1, self.heads, self.head_dim)[src]
         score = (q * k).sum(-1) / math.sqrt(self.head_dim)  # (E, heads)
-        alpha = self.attn_dropout(softmax(score, dst, num_nodes=n))
-        out = scatter(alpha.unsqueeze(-1) * v, dst, dim=0, dim_size=n, reduce="sum")
+        alpha = self.attn_dropout(segment_softmax(score, dst, n))
+        out = scatter_sum(alpha.unsqueeze(-1) * v, dst, n)
         return self.out(out.reshape(n, -1))
 
 

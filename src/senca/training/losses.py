@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch_geometric.utils import scatter
+from senca.graph.ops import scatter_sum
 
 __all__ = [
     "reconstruction_loss",
@@ -64,9 +64,9 @@ def _one_way_nce(
         row = torch.full((n,), -1, dtype=torch.long, device=a.device)
         row[anchors] = torch.arange(anchors.numel(), device=a.device)
         dst_row = row[nbr_dst]
-        denom = denom + scatter(s_nbr.exp(), dst_row, dim=0, dim_size=anchors.numel(), reduce="sum")
-        n_nbr = scatter(torch.ones_like(s_nbr), dst_row, dim=0, dim_size=anchors.numel(), reduce="sum")
-        nbr_log_sum = scatter(s_nbr, dst_row, dim=0, dim_size=anchors.numel(), reduce="sum")
+        denom = denom + scatter_sum(s_nbr.exp(), dst_row, anchors.numel())
+        n_nbr = scatter_sum(torch.ones_like(s_nbr), dst_row, anchors.numel())
+        nbr_log_sum = scatter_sum(s_nbr, dst_row, anchors.numel())
         log_denom = denom.log()
         # Multi-positive (SupCon-style) average: self with weight 1, each neighbour with
         # neighbour_weight / |N(i)| so that a spot's neighbourhood counts as much as any other.

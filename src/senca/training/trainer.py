@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.cluster import KMeans
-from torch_geometric.utils import add_remaining_self_loops, scatter, to_scipy_sparse_matrix
 from tqdm.auto import tqdm
 
 from senca.clustering import global_scale, select_k
 from senca.clustering.gmm import fit_gmm
 from senca.graph.autocorrelation import coherent_features
+from senca.graph.ops import add_self_loops, edge_index_to_scipy, scatter_sum
 from senca.training.augment import PatchAugmenter, patches_to_tensor
 from senca.training.losses import dec_loss, dec_target, neighbour_info_nce, nt_xent, reconstruction_loss
 from senca.training.sampler import SubgraphSampler
@@ -99,10 +99,10 @@ def neighbourhood_mean(x: torch.Tensor, edge_index: torch.Tensor, hops: int) -> 
     Used as the reconstruction target: spatially coherent (biological) variation survives the
     averaging while spot-level noise shrinks, so the loss weighs signal over noise.
     """
-    ei, _ = add_remaining_self_loops(edge_index, num_nodes=x.shape[0])
-    deg = scatter(torch.ones(ei.shape[1]), ei[1], dim=0, dim_size=x.shape[0], reduce="sum").unsqueeze(-1)
+    ei = add_self_loops(edge_index, x.shape[0])
+    deg = scatter_sum(torch.ones(ei.shape[1]), ei[1], x.shape[0]).unsqueeze(-1)
     for _ in range(hops):
-        x = scatter(x[ei[0]], ei[1], dim=0, dim_size=x.shape[0], reduce="sum") / deg
+        x = scatter_sum(x[ei[0]], ei[1], x.shape[0]) / deg
     return x
 
 
@@ -274,7 +274,7 @@ class StagedTrainer:
         cfg = self.config
         features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
         if cfg.coherence_z is not None:
-            graph = to_scipy_sparse_matrix(self.data.edge_index, num_nodes=self.data.n_obs)
+            graph = edge_index_to_scipy(self.data.edge_index, self.data.n_obs)
             keep = torch.from_numpy(coherent_features(features.numpy(), graph, cfg.coherence_z))
             mask = torch.zeros_like(self.module.image_keep)
             mask[keep.to(mask.device)] = 1.0
