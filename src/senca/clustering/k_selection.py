@@ -53,7 +53,7 @@ K_RANGE = (2, 12)
 
 
 #: Name of the criterion, as the figure's title and the saved selection give it.
-CRITERION = "elbow of the tied-GMM BIC, every component > d/2 spots"
+CRITERION = "BIC elbow, every component > d/2 spots"
 
 
 @dataclass
@@ -181,6 +181,42 @@ def admissible_fit(z: np.ndarray, k: int, n_init: int, seed: int,
     return best[0], False, best[1]
 
 
+def _refit(z: np.ndarray, model: GaussianMixture, keep: np.ndarray, reg_covar: float) -> GaussianMixture:
+    """EM from ``model`` without the components not in ``keep`` (their weight shared out)."""
+    weights = model.weights_[keep] / model.weights_[keep].sum()
+    return GaussianMixture(int(keep.sum()), covariance_type="tied", weights_init=weights, means_init=model.means_[keep],
+                           precisions_init=model.precisions_, reg_covar=reg_covar, max_iter=200).fit(z)
+
+
+def annihilation_path(z: np.ndarray, start: GaussianMixture, k_min: int,
+                      reg_covar: float = 1e-4) -> dict[int, GaussianMixture]:
+    """Figueiredo & Jain's (2002) descending search from ``start``: the supported mixture of each
+    ``k`` it passes, ``{k: model}``.
+
+    While a component's support is not above :func:`min_component_support`, the least supported
+    one is annihilated and EM resumes from the rest (its spots join the components that remain,
+    rather than being isolated again, as a fresh start at the lower ``k`` may do); once all are
+    supported, the mixture is recorded and the component of least weight is removed, down to
+    ``k_min``. A ``k`` that annihilation skips gets no entry.
+    """
+    need = min_component_support(z.shape[1])
+    path: dict[int, GaussianMixture] = {}
+    model = start
+    while True:
+        support = model.predict_proba(z).sum(axis=0)
+        k = model.n_components
+        if support.min() > need:
+            path[k] = model
+            drop = int(np.argmin(model.weights_))
+        else:
+            drop = int(np.argmin(support))
+        if k - 1 < max(k_min, 1):
+            return path
+        keep = np.ones(k, dtype=bool)
+        keep[drop] = False
+        model = _refit(z, model, keep, reg_covar)
+
+
 @threadpool_limits.wrap(limits=1, user_api="blas")  # small EM products: threads cost more than they save
 def select_k(x: np.ndarray, k_range: tuple[int, int] = K_RANGE, seed: int = 0, max_spots: int = 3000,
              n_init: int = 3) -> KSelection:
@@ -223,15 +259,21 @@ def select_k(x: np.ndarray, k_range: tuple[int, int] = K_RANGE, seed: int = 0, m
     z = (x - centre) / factor
     if z.shape[0] > max_spots:
         z = z[np.sort(np.random.default_rng(seed).choice(z.shape[0], size=max_spots, replace=False))]
+    need = min_component_support(z.shape[1])
     bic, admissible, smallest = [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        fits = {k: admissible_fit(z, k, n_init, seed) for k in ks}
+        # Fresh starts at a lower k may isolate the same few outlying spots again; the descending
+        # search from the largest k's fit absorbs them instead.
+        path = annihilation_path(z, fits[ks[-1]][0], ks[0])
         for k in ks:
-            model, ok, small = admissible_fit(z, k, n_init, seed)
+            model, ok, small = fits[k]
+            if k in path and (not ok or path[k].lower_bound_ > model.lower_bound_):
+                model, ok, small = path[k], True, float(path[k].predict_proba(z).sum(axis=0).min())
             bic.append(float(model.bic(z)))
             admissible.append(bool(ok))
             smallest.append(round(small, 2))
-    need = min_component_support(z.shape[1])
     k = supported_elbow(ks, bic, admissible)
     if k is None:
         k = ks[0]
