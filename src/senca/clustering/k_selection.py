@@ -21,8 +21,9 @@ message length over the weights gives ``alpha_m`` proportional to
 ``N / 2`` is annihilated. In an EEE mixture a component's own parameters are its ``d`` means
 (``N = d``): the shared covariance is estimated from every spot, so its code length does not
 depend on any weight, and the weights are coded apart, in the multinomial term. A ``k`` is
-therefore admissible only if one of its EM fits keeps every component's support above
-``d / 2`` (:func:`admissible_fit`). An inadmissible ``k`` counts as the best admissible mixture
+therefore admissible only if one of its mixtures keeps every component's support above
+``d / 2``: a fresh EM fit (:func:`admissible_fit`) or the one that their descending search with
+annihilation reaches at ``k`` (:func:`annihilation_path`). An inadmissible ``k`` counts as the best admissible mixture
 with fewer components, which is what annihilation would leave of it (:func:`supported_curve`),
 and the elbow is read on that curve, so that only supported mixtures are chosen while the chord
 still spans the whole range.
@@ -111,7 +112,8 @@ def bic_elbow(ks: list[int], bic: list[float]) -> int:
     return int(ks[best]) if below_chord[best] > 1e-9 else int(ks[int(np.argmin(y))])
 
 
-def supported_curve(ks: list[int], bic: list[float], admissible: list[bool]) -> tuple[list[int], list[float], list[int]]:
+def supported_curve(ks: list[int], bic: list[float],
+                    admissible: list[bool]) -> tuple[list[int], list[float], list[int]]:
     """The BIC of the best admissible mixture of at most ``k`` components, for every ``k`` from
     the first admissible one: ``(ks, curve, owner)``, ``owner[i]`` being the admissible ``k``
     whose BIC ``curve[i]`` is.
@@ -223,14 +225,16 @@ def select_k(x: np.ndarray, k_range: tuple[int, int] = K_RANGE, seed: int = 0, m
     """Choose the number of regions of ``x`` (spots x features): the elbow of the BIC curve of
     tied-covariance mixtures, read over the admissible ``k`` only.
 
-    A ``k`` is admissible when one of its ``n_init`` EM fits keeps the support of every
-    component above ``d / 2`` spots (:func:`min_component_support`); its BIC is that of the
-    best such fit. An inadmissible ``k`` is never chosen: its BIC (of the best fit overall,
-    kept in the result and drawn in the figure) comes from components of a few outlying spots,
-    which the likelihood rewards and minimum message length does not; on the curve the elbow is
-    read from, it counts as the best admissible ``k`` below it (:func:`supported_elbow`). When
-    no ``k`` of the range is admissible (a section of very few spots for its dimension),
-    ``k_min`` is returned, with a warning in the log.
+    A ``k`` is admissible when one of its ``n_init`` fresh EM fits, or the mixture that the
+    descending search with annihilation from the ``k_max`` fit reaches at ``k``
+    (:func:`annihilation_path`), keeps the support of every component above ``d / 2`` spots
+    (:func:`min_component_support`); its BIC is that of the best such mixture. An inadmissible
+    ``k`` is never chosen: its BIC (of the best fit overall, kept in the result and drawn in the
+    figure) comes from components of a few outlying spots, which the likelihood rewards and
+    minimum message length does not; on the curve the elbow is read from, it counts as the best
+    admissible ``k`` below it (:func:`supported_elbow`). When no ``k`` of the range is admissible
+    (a section of very few spots for its dimension), ``k_min`` is returned, with a warning in
+    the log.
 
     Parameters
     ----------
