@@ -401,6 +401,13 @@ def test_consensus_aligns_region_names_and_takes_the_majority():
                                                 [np.array([0.9, 0.8]), np.array([0.5, 0.6])])
     assert confidence[0] == pytest.approx(0.7)
     assert consensus_labels([renamed]).agreement is None
+    # A clustering that lost a region is not the reference, though it agrees best with the
+    # others: the consensus keeps the regions that were asked for.
+    merged = renamed.copy()
+    merged[merged == "1"] = "0"
+    # Two clusterings agree equally with each other; the first lost a region.
+    result = consensus_labels([merged, renamed])
+    assert result.reference == 1 and set(result.labels) == {"0", "1", "2"}
     with pytest.raises(SencaInputError, match="same length"):
         consensus_labels([np.array(["0"]), np.array(["0", "1"])])
 

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "a HER2ST folder's own label file is found without it")
     run.add_argument("--k", type=int, default=None,
                      help="number of regions (default: the number of reference labels other than 'undetermined', else chosen "
-                          "by the elbow of the BIC curve over 2-12, drawn in k_selection.png)")
+                          "by the elbow of the BIC curve over 2-12 among k whose every region is supported by enough spots, drawn in "
+                          "k_selection.png)")
     run.add_argument("--cluster-method", choices=["gmm", "kmeans", "leiden"], default=None, help="clustering of the embedding (default gmm)")
     run.add_argument("--no-refine", action="store_true", help="skip the spatial majority-vote refinement of regions")
     run.add_argument("--patch-size", type=int, default=None, help="H&E patch side in pixels after resizing (default 64)")

@@ -25,8 +25,10 @@ class Consensus(NamedTuple):
 def consensus_labels(labelings: list[np.ndarray], confidences: list[np.ndarray] | None = None) -> Consensus:
     """Per-spot majority vote of several clusterings, after aligning their region names.
 
-    The reference is the clustering that agrees best with the others (highest summed ARI);
-    every clustering's regions are renamed after the reference region they overlap most
+    The reference is, among the clusterings with the most regions, the one that agrees best
+    with the others (highest summed ARI): the clusterings were asked for the same number of
+    regions, and one that lost a region (a component left empty, a scattered region absorbed by
+    the spatial refinement) would drop it from the consensus too. Every clustering's regions are renamed after the reference region they overlap most
     (one to one, Hungarian matching), then each spot takes the region most clusterings give
     it (ties: the reference's). O(spots x clusterings + regions^3): no spots x spots matrix.
 
@@ -51,7 +53,8 @@ def consensus_labels(labelings: list[np.ndarray], confidences: list[np.ndarray] 
     if confidences is None:
         confidences = [np.ones(len(labelings[0])) for _ in labelings]
     agreement = np.array([[adjusted_rand_score(a, b) for b in labelings] for a in labelings])
-    reference = int(np.argmax(agreement.sum(axis=1)))
+    n_regions = np.array([len(np.unique(labels)) for labels in labelings])
+    reference = int(np.argmax(np.where(n_regions == n_regions.max(), agreement.sum(axis=1), -np.inf)))
     aligned = np.vstack([_align(labels, labelings[reference]) for labels in labelings])
     names, codes = np.unique(aligned, return_inverse=True)
     codes = codes.reshape(aligned.shape)

@@ -63,8 +63,8 @@ def cluster(
         ``n_clusters``, see :func:`~senca.clustering.fit_leiden`; confidence = fraction of
         kNN neighbours sharing the label.
     n_clusters
-        Number of regions. ``None``: chosen over ``k_range`` by the elbow of the BIC curve
-        (gmm, :func:`~senca.clustering.select_k`), one run at
+        Number of regions. ``None``: chosen over ``k_range`` by the supported elbow of the BIC
+        curve (gmm, :func:`~senca.clustering.select_k`), one run at
         ``resolution`` (leiden); required for kmeans.
     refine
         Spatial refinement after clustering (:func:`~senca.clustering.refine_labels`): a spot

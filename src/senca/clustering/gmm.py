@@ -121,7 +121,7 @@ def fit_gmm(
         ``(n_spots, n_features)`` finite array.
     n_clusters
         Number of components. ``None`` chooses it over ``k_range`` (inclusive) by the elbow of
-        the BIC curve (:func:`senca.clustering.select_k`).
+        the BIC curve over the supported k (:func:`senca.clustering.select_k`).
     k_range
         ``(k_min, k_max)`` searched when ``n_clusters`` is ``None``.
     scale
