@@ -48,10 +48,8 @@ REGION_KEY = "senca_region"
 _RESTART_SEED_STEP = 1000
 _RESTARTS_STEM = "senca-restarts-"
 _EMBEDDING_FILE = "embedding.npy"
-# Below this many spots a restart takes about as long as starting a process for it; with an
-# image (a ResNet per restart) a restart of a few hundred spots already takes several times that.
+# Below this many spots a restart takes about as long as starting a process for it.
 _AUTO_JOBS_MIN_SPOTS = 2000
-_AUTO_JOBS_MIN_IMAGE_SPOTS = 200
 # Memory of a restart process beyond its copy of the section: the interpreter, torch, the model.
 _PROCESS_OVERHEAD_BYTES = 1 << 30
 
@@ -78,18 +76,15 @@ def restart_seeds(settings: RunSettings) -> list[int]:
     return [settings.seed + _RESTART_SEED_STEP * r for r in range(restarts)]
 
 
-def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0, image: bool = False) -> int:
+def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> int:
     """How many restarts train at once: ``settings.clustering.restart_jobs``, 1 off the CPU.
 
-    ``"auto"`` uses one process per restart where that pays and is safe: on a section of at
-    least ``_AUTO_JOBS_MIN_SPOTS`` spots, or ``_AUTO_JOBS_MIN_IMAGE_SPOTS`` with an image
-    (below, starting a process costs about what a restart does), and when the main program is
-    the ``senca`` command or an interactive session. A user's script may lack the
+    ``"auto"`` uses one process per restart, up to the cores this process may run on, where
+    that pays and is safe: on a section of at least ``_AUTO_JOBS_MIN_SPOTS`` spots (below it,
+    starting a process costs about what a restart does) and when the main program is the
+    ``senca`` command or an interactive session. A user's script may lack the
     ``if __name__ == "__main__":`` guard that spawned processes need, so there it trains the
-    restarts one after another unless given a number. With more restarts than cores it starts
-    one process per restart unless they divide evenly over the cores: three restarts on two
-    cores then share both cores to the end, where two processes would leave one core idle
-    while the third restart trained alone.
+    restarts one after another unless given a number.
     """
     jobs = settings.clustering.restart_jobs
     auto = jobs == "auto"
@@ -100,12 +95,10 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0, image
             logger.info("restarts train one after another on %s (restart_jobs applies to the CPU)", settings.device)
         return 1
     if auto:
-        if n_spots < (_AUTO_JOBS_MIN_IMAGE_SPOTS if image else _AUTO_JOBS_MIN_SPOTS) or not _spawn_is_safe():
+        if n_spots < _AUTO_JOBS_MIN_SPOTS or not _spawn_is_safe():
             return 1
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if cores == 1 or n_restarts <= cores or n_restarts % cores == 0:
-            return min(cores, n_restarts)
-        return n_restarts
+        return min(cores, n_restarts)
     return min(jobs, n_restarts)
 
 
@@ -365,8 +358,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True,
     # Regions of one training run depend on its random start; the consensus of restarts is
     # steadier (benchmarks/README.md, "Why the defaults are what they are", "[clustering] restarts").
     if settings.clustering.restart_jobs == "auto":
-        jobs = _affordable_jobs(restart_jobs(settings, len(seeds), adata.n_obs, image=patches is not None), adata,
-                                patches, image_features)
+        jobs = _affordable_jobs(jobs, adata, patches, image_features)
     with timed("training", timings):
         trained = _train_restarts(adata, config, seeds, patches, image_features, settings.device, jobs, progress)
     runs = []
