@@ -251,7 +251,7 @@ def test_markers_on_a_subsample_keep_every_region_and_the_top_markers():
     full = markers(adata, "region", n_genes=3, max_spots=None)
     top = lambda table: table[table["rank"] == 1].set_index("region")["gene"].to_dict()  # noqa: E731
     assert top(sub) == top(full) == {"a": "g0", "b": "g1", "c": "g2"}
-    # Fewer spots tested: smaller rank-sum scores than on all spots.
+    # Fewer spots tested: smaller test statistics than on all spots.
     assert sub[sub["rank"] == 1]["score"].abs().sum() < full[full["rank"] == 1]["score"].abs().sum()
 
 

@@ -1,4 +1,4 @@
-"""Marker genes per region (Wilcoxon rank-sum, one region vs the rest)."""
+"""Marker genes per region (Welch's t-test, one region vs the rest)."""
 
 from __future__ import annotations
 
@@ -64,8 +64,11 @@ def markers(
 ) -> pd.DataFrame:
     """Top marker genes of every region against all other spots.
 
-    Runs :func:`scanpy.tl.rank_genes_groups` (Wilcoxon rank-sum, Benjamini–Hochberg) on a
-    lightweight view of the data, so ``adata`` is not modified.
+    Runs :func:`scanpy.tl.rank_genes_groups` (Welch's t-test, scanpy's default,
+    Benjamini–Hochberg) on a lightweight view of the data, so ``adata`` is not modified. Not
+    the Wilcoxon rank-sum: scanpy compiles its ranking with numba on the first call after an
+    install, which cost a first run more than all its other outputs together
+    (benchmarks/README.md, "Why the defaults are what they are", "Marker test").
 
     Parameters
     ----------
@@ -141,7 +144,7 @@ def markers(
         "region",
         groups=testable,
         reference="rest",
-        method="wilcoxon",
+        method="t-test",
         n_genes=n_genes,
         pts=True,
         use_raw=False,

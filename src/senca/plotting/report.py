@@ -110,7 +110,7 @@ def write_report(
 <section><h2>Regions</h2>{region_table.rename(columns=lambda c: c.replace("_", " ")).to_html(index=False, border=0, float_format=lambda v: f"{v:.2f}")}</section>
 </div>
 <section><h2>Marker genes</h2>{_img(figures["markers"], "marker gene dot plot")}
-<table><tr><th>region</th><th>top 5 marker genes (Wilcoxon, vs all other spots)</th></tr>{marker_rows}</table>
+<table><tr><th>region</th><th>top 5 marker genes (t-test, vs all other spots)</th></tr>{marker_rows}</table>
 <p style="font-size:12px;color:#666">Full table: markers.csv. Per-spot regions and confidences: regions.csv. All data: senca.h5ad.</p></section>
 {k_section}
 <section><h2>Settings (config.toml)</h2><pre>{html.escape(config_text)}</pre></section>
