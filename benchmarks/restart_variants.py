@@ -26,18 +26,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.protocol import get_section, load_section, n_clusters, score_prediction  # noqa: E402
-from senca.clustering import cluster, consensus_labels  # noqa: E402
+from senca.clustering import cluster, consensus_labels, global_scale  # noqa: E402
 from senca.image import extract_patches  # noqa: E402
 from senca.model import SENCA  # noqa: E402
 from senca.pipeline import _image_usable, _prepare, has_image, restart_seeds  # noqa: E402
 from senca.settings import RunSettings  # noqa: E402
 
 logger = logging.getLogger("benchmarks.restart_variants")
-
-
-def _global_scale(embedding: np.ndarray) -> np.ndarray:
-    centred = embedding - embedding.mean(0)
-    return centred / np.sqrt(centred.var(0).mean())
 
 
 def _value(text: str):
@@ -81,7 +76,11 @@ def run(section_name: str, seed: int, overrides: dict) -> dict:
         return round(score_prediction(raw, pd.Series(pred, index=adata.obs_names))["ari"], 3)
 
     vote = consensus_labels(labels, confidences)
-    adata.obsm["joint"] = np.hstack([_global_scale(e) for e in embeddings])
+    scaled = []
+    for embedding in embeddings:
+        centre, factor = global_scale(embedding)
+        scaled.append((embedding - centre) / factor)
+    adata.obsm["joint"] = np.hstack(scaled)
     cluster(adata, use_rep="joint", n_clusters=k, refine=True, scale="none", seed=seed, key_added="joint")
     return {"section": section_name, "seed": seed, "overrides": overrides, "restarts": [ari(lab) for lab in labels],
             "vote": ari(vote.labels), "joint_gmm": ari(adata.obs["joint"].astype(str).to_numpy()),

@@ -28,9 +28,10 @@ def consensus_labels(labelings: list[np.ndarray], confidences: list[np.ndarray] 
     The reference is, among the clusterings with the most regions, the one that agrees best
     with the others (highest summed ARI): the clusterings were asked for the same number of
     regions, and one that lost a region (a component left empty, a scattered region absorbed by
-    the spatial refinement) would drop it from the consensus too. Every clustering's regions are renamed after the reference region they overlap most
-    (one to one, Hungarian matching), then each spot takes the region most clusterings give
-    it (ties: the reference's). O(spots x clusterings + regions^3): no spots x spots matrix.
+    the spatial refinement) would drop it from the consensus too. Every clustering's regions
+    are renamed after the reference region they overlap most (one to one, Hungarian
+    matching), then each spot takes the region most clusterings give it (ties: the
+    reference's). O(spots x clusterings + regions^3): no spots x spots matrix.
 
     Parameters
     ----------

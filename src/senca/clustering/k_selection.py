@@ -156,6 +156,11 @@ def min_component_support(n_dims: int) -> float:
     return n_dims / 2.0
 
 
+def component_support(model: GaussianMixture, z: np.ndarray) -> np.ndarray:
+    """Support of each component of ``model`` on ``z``: the sum of its posteriors over the spots."""
+    return model.predict_proba(z).sum(axis=0)
+
+
 def admissible_fit(z: np.ndarray, k: int, n_init: int, seed: int,
                    reg_covar: float = 1e-4) -> tuple[GaussianMixture, bool, float]:
     """The best tied-covariance mixture of ``k`` components on ``z`` whose components all hold
@@ -172,7 +177,7 @@ def admissible_fit(z: np.ndarray, k: int, n_init: int, seed: int,
     best = best_ok = None
     for _ in range(n_init):
         model = GaussianMixture(k, covariance_type="tied", n_init=1, reg_covar=reg_covar, random_state=rng).fit(z)
-        smallest = float(model.predict_proba(z).sum(axis=0).min())
+        smallest = float(component_support(model, z).min())
         score = model.lower_bound_
         if best is None or score > best[0].lower_bound_:
             best = (model, smallest)
@@ -205,7 +210,7 @@ def annihilation_path(z: np.ndarray, start: GaussianMixture, k_min: int,
     path: dict[int, GaussianMixture] = {}
     model = start
     while True:
-        support = model.predict_proba(z).sum(axis=0)
+        support = component_support(model, z)
         k = model.n_components
         if support.min() > need:
             path[k] = model
@@ -274,7 +279,7 @@ def select_k(x: np.ndarray, k_range: tuple[int, int] = K_RANGE, seed: int = 0, m
         for k in ks:
             model, ok, small = fits[k]
             if k in path and (not ok or path[k].lower_bound_ > model.lower_bound_):
-                model, ok, small = path[k], True, float(path[k].predict_proba(z).sum(axis=0).min())
+                model, ok, small = path[k], True, float(component_support(path[k], z).min())
             bic.append(float(model.bic(z)))
             admissible.append(bool(ok))
             smallest.append(round(small, 2))

@@ -14,10 +14,14 @@ import torch
 __all__ = ["add_self_loops", "edge_index_to_scipy", "remove_self_loops", "scatter_sum", "segment_softmax", "to_undirected"]
 
 
+def _broadcast(index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``index`` (one entry per row of ``src``) expanded to the shape of ``src``, as scatter wants it."""
+    return index.view((-1,) + (1,) * (src.dim() - 1)).expand_as(src)
+
+
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """Sum the rows of ``src`` into ``dim_size`` rows by ``index`` (row ``e`` goes to ``index[e]``)."""
-    expanded = index.view((-1,) + (1,) * (src.dim() - 1)).expand_as(src)
-    return src.new_zeros((dim_size,) + tuple(src.shape[1:])).scatter_add_(0, expanded, src)
+    return src.new_zeros((dim_size,) + tuple(src.shape[1:])).scatter_add_(0, _broadcast(index, src), src)
 
 
 def segment_softmax(src: torch.Tensor, index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -26,9 +30,9 @@ def segment_softmax(src: torch.Tensor, index: torch.Tensor, num_nodes: int) -> t
     The per-target maximum is subtracted first (numerical stability); a target without edges
     gets none.
     """
-    expanded = index.view((-1,) + (1,) * (src.dim() - 1)).expand_as(src)
     size = (num_nodes,) + tuple(src.shape[1:])
-    src_max = src.new_zeros(size).scatter_reduce_(0, expanded, src.detach(), reduce="amax", include_self=False)
+    src_max = src.new_zeros(size).scatter_reduce_(0, _broadcast(index, src), src.detach(), reduce="amax",
+                                                  include_self=False)
     out = (src - src_max.index_select(0, index)).exp()
     out_sum = scatter_sum(out, index, num_nodes) + 1e-16
     return out / out_sum.index_select(0, index)

@@ -29,8 +29,8 @@ class SencaConfig:
         ``dropout`` (0 by default: the embedding is only ever computed for the spots it was
         trained on, so there is no generalisation to regularise, and dropout's noise made
         training restarts disagree; measurements: benchmarks/README.md, "Why the defaults are
-        what they are", "[model] dropout"); ``fusion`` ``"concat"`` (embedding ``2d``) or ``"gate"`` (learned
-        per-dimension gate, embedding ``d``, starting at weight ``sigmoid(gate_gene_prior)``
+        what they are", "[model] dropout"); ``fusion`` ``"concat"`` (embedding ``2d``) or
+        ``"gate"`` (learned per-dimension gate, embedding ``d``, starting at weight ``sigmoid(gate_gene_prior)``
         on ``z_g``; 0 by default: no modality is preferred before training).
     Image branch
         ``image_backbone`` ``"resnet18"`` | ``"resnet50"``; ``image_weights`` torchvision-

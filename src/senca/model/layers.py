@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
 from senca.graph.ops import add_self_loops, scatter_sum, segment_softmax
 
 __all__ = ["GraphAttentionConv", "GraphTransformer", "MLPEncoder", "NeighbourhoodCrossAttention", "SharedEncoderBlock", "GatedFusion"]

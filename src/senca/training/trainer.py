@@ -343,7 +343,7 @@ class StagedTrainer:
             # Spot level, image side: the fused embedding keeps what the image tells (e.g. two
             # tissues with the same expression but different morphology), not only expression.
             # Only the rows of the decoder that predict the features read: the others are never
-            # compared, and computing them cost most of a step on a small section.
+            # compared with anything, yet cost a product with every image feature on every step.
             cols = self.image_columns.to(dev)
             pred = torch.nn.functional.linear(out["embedding"][seeds], m.image_decoder.weight[cols], m.image_decoder.bias[cols])
             image_target = self.image_target[batch.nodes[batch.seeds]].to(dev)
