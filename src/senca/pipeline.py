@@ -79,12 +79,15 @@ def restart_seeds(settings: RunSettings) -> list[int]:
 def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> int:
     """How many restarts train at once: ``settings.clustering.restart_jobs``, 1 off the CPU.
 
-    ``"auto"`` uses one process per restart, up to the cores this process may run on, where
-    that pays and is safe: on a section of at least ``_AUTO_JOBS_MIN_SPOTS`` spots (below it,
-    starting a process costs about what a restart does) and when the main program is the
-    ``senca`` command or an interactive session. A user's script may lack the
-    ``if __name__ == "__main__":`` guard that spawned processes need, so there it trains the
-    restarts one after another unless given a number.
+    ``"auto"`` uses one process per restart where that pays and is safe: on a section of at
+    least ``_AUTO_JOBS_MIN_SPOTS`` spots (below it, starting a process costs about what a
+    restart does) and when the main program is the ``senca`` command or an interactive
+    session. A user's script may lack the ``if __name__ == "__main__":`` guard that spawned
+    processes need, so there it trains the restarts one after another unless given a number.
+    The processes may outnumber the cores this process may run on, up to twice as many: three
+    restarts on two cores finish together after about 1.5 restarts' time, where two processes
+    take two restarts' time with one core idle for the last (measurements:
+    benchmarks/restart_jobs.md).
     """
     jobs = settings.clustering.restart_jobs
     auto = jobs == "auto"
@@ -98,7 +101,7 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
         if n_spots < _AUTO_JOBS_MIN_SPOTS or not _spawn_is_safe():
             return 1
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return min(cores, n_restarts)
+        return n_restarts if n_restarts <= 2 * cores else cores
     return min(jobs, n_restarts)
 
 
