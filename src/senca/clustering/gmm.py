@@ -26,7 +26,7 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from senca.clustering._utils import ClusterResult, check_n_clusters, relabel_by_size
-from senca.clustering.k_selection import K_RANGE, select_k
+from senca.clustering.k_selection import K_RANGE, admissible_fit, select_k
 from senca.errors import SencaInputError
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,9 @@ def fit_gmm(
         ``(n_spots, n_features)`` finite array.
     n_clusters
         Number of components. ``None`` chooses it over ``k_range`` (inclusive) by the elbow of
-        the BIC curve over the supported k (:func:`senca.clustering.select_k`).
+        the BIC curve over the supported k (:func:`senca.clustering.select_k`, on the scaled
+        ``x``), and keeps the best of the ``n_init`` starts whose components all have that
+        support (:func:`senca.clustering.k_selection.admissible_fit`).
     k_range
         ``(k_min, k_max)`` searched when ``n_clusters`` is ``None``.
     scale
@@ -164,9 +166,13 @@ def fit_gmm(
         z_fit = z[np.sort(np.random.default_rng(seed).choice(n, size=fit_max_spots, replace=False))]
         logger.info("GMM (EEE): fitted on %d of %d spots, then refined by EM on all", fit_max_spots, n)
     if n_clusters is None:
-        selection = select_k(x, k_range, seed=seed)
+        # k is chosen in the space that is clustered, and the mixture kept is one the choice
+        # admits: the best of fresh starts may give a few outlying spots a component again.
+        selection = select_k(z, k_range, seed=seed)
         bic = {str(k): value for k, value in zip(selection.ks, selection.bic)}
-        model = _fit_one(z_fit, selection.k, n_init, reg_covar, max_iter, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model, _, _ = admissible_fit(z_fit, selection.k, n_init, seed, reg_covar, max_iter)
     else:
         k = check_n_clusters(n_clusters, n)
         model = _fit_one(z_fit, k, n_init, reg_covar, max_iter, seed)

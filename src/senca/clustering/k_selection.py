@@ -161,8 +161,8 @@ def component_support(model: GaussianMixture, z: np.ndarray) -> np.ndarray:
     return model.predict_proba(z).sum(axis=0)
 
 
-def admissible_fit(z: np.ndarray, k: int, n_init: int, seed: int,
-                   reg_covar: float = 1e-4) -> tuple[GaussianMixture, bool, float]:
+def admissible_fit(z: np.ndarray, k: int, n_init: int, seed: int, reg_covar: float = 1e-4,
+                   max_iter: int = 100) -> tuple[GaussianMixture, bool, float]:
     """The best tied-covariance mixture of ``k`` components on ``z`` whose components all hold
     more than :func:`min_component_support` spots, among ``n_init`` EM starts.
 
@@ -176,7 +176,8 @@ def admissible_fit(z: np.ndarray, k: int, n_init: int, seed: int,
     rng = np.random.RandomState(seed)
     best = best_ok = None
     for _ in range(n_init):
-        model = GaussianMixture(k, covariance_type="tied", n_init=1, reg_covar=reg_covar, random_state=rng).fit(z)
+        model = GaussianMixture(k, covariance_type="tied", n_init=1, reg_covar=reg_covar, max_iter=max_iter,
+                                random_state=rng).fit(z)
         smallest = float(component_support(model, z).min())
         score = model.lower_bound_
         if best is None or score > best[0].lower_bound_:
