@@ -117,6 +117,26 @@ def client():
             pass
 
 
+def test_local_cluster_workers_allocate_like_a_plain_process():
+    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536 (every freed tensor handed
+    back to the kernel, half a training run's CPU in page faults); senca's local cluster does not."""
+    import os
+
+    pytest.importorskip("distributed")
+    from senca.cohort.run import local_client
+
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        pytest.skip("MALLOC_TRIM_THRESHOLD_ is set in this environment; workers inherit it")
+    client = local_client(workers=1)
+    try:
+        environ = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")})
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+    assert list(environ.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
+
+
 def _manifest(data, names, path):
     path.write_text("path,name\n" + "".join(f"{data / n}.h5ad,{n}\n" for n in names))
     return read_manifest(path)

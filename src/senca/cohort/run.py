@@ -346,8 +346,12 @@ def local_client(workers: int = 2, memory_limit: str = "auto", scheduler: str | 
     import dask
 
     # One section per worker at a time, none queued behind it: a worker that dies takes only
-    # the section it was running with it.
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+    # the section it was running with it. Dask's nanny starts workers with
+    # MALLOC_TRIM_THRESHOLD_=65536, which fixes glibc's mmap threshold at 128 KiB and hands freed
+    # memory straight back: every tensor of a training step is then mapped and faulted in anew,
+    # and half the worker's CPU time went to the kernel; unset, the worker allocates as `senca run` does.
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
                                dashboard_address=":0")
     limit = next(iter(cluster.scheduler_info["workers"].values()))["memory_limit"]
