@@ -259,7 +259,11 @@ def test_auto_restart_jobs_uses_free_cores_only_where_safe_and_worth_it(monkeypa
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(pipeline, "_spawn_is_safe", lambda: True)
     assert pipeline.restart_jobs(settings, 3, 5000) == 3  # three restarts share two cores, none waits
+    assert pipeline.restart_jobs(settings, 4, 5000) == 2  # they divide evenly: one process per core
     assert pipeline.restart_jobs(settings, 5, 5000) == 2  # more than twice the cores: one per core
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert pipeline.restart_jobs(settings, 2, 5000) == 1  # one core: a process would only add its start-up
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert pipeline.restart_jobs(settings, 1, 5000) == 1
     assert pipeline.restart_jobs(settings, 3, 500) == 1  # too small for a process to pay
     monkeypatch.setattr(pipeline, "_spawn_is_safe", lambda: False)

@@ -84,9 +84,10 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
     restart does) and when the main program is the ``senca`` command or an interactive
     session. A user's script may lack the ``if __name__ == "__main__":`` guard that spawned
     processes need, so there it trains the restarts one after another unless given a number.
-    The processes may outnumber the cores this process may run on, up to twice as many: three
-    restarts on two cores finish together after about 1.5 restarts' time, where two processes
-    take two restarts' time with one core idle for the last (measurements:
+    There is one process per core this process may run on, or one per restart where the
+    restarts do not divide evenly over the cores and are at most twice as many: three restarts
+    on two cores then finish together after about 1.5 restarts' time, where two processes take
+    two restarts' time with one core idle for the last (measurements:
     benchmarks/restart_jobs.md).
     """
     jobs = settings.clustering.restart_jobs
@@ -101,7 +102,9 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
         if n_spots < _AUTO_JOBS_MIN_SPOTS or not _spawn_is_safe():
             return 1
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return n_restarts if n_restarts <= 2 * cores else cores
+        if cores < n_restarts <= 2 * cores and n_restarts % cores:
+            return n_restarts  # e.g. three restarts on two cores: none waits for a core to free up
+        return min(cores, n_restarts)
     return min(jobs, n_restarts)
 
 

@@ -89,8 +89,8 @@ class ClusterSettings:
     GPU they run one after another). The regions are the same as with 1; the wall time falls
     towards that of one restart when there are as many free cores, and the memory grows with
     every process (each holds its own copy of the section; measurements in
-    ``benchmarks/restart_jobs.md``). ``"auto"``: one process per restart (up to twice the free
-    cores, so that no core idles while the last restarts finish), from the ``senca`` command or
+    ``benchmarks/restart_jobs.md``). ``"auto"``: one process per free core, or one per restart
+    where that keeps every core busy to the end (three restarts on two cores), from the ``senca`` command or
     an interactive session, on sections large enough for it to pay (see
     :func:`senca.pipeline.restart_jobs`). The processes are spawned, so a script that
     sets a number needs the ``if __name__ == "__main__":`` guard.
