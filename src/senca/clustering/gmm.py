@@ -16,8 +16,10 @@ bit-identical to mclust.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -71,6 +73,18 @@ def scale_features(x: np.ndarray, scale: ScaleMode = "standardize") -> np.ndarra
     raise SencaInputError(f"scale={scale!r}: expected one of 'standardize', 'whiten', 'none'")
 
 
+@contextlib.contextmanager
+def _convergence_logged(k: int, max_iter: int) -> Iterator[None]:
+    """Fits inside log one warning when EM stopped at ``max_iter`` before converging."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        logger.warning(
+            "GMM with k=%d did not converge in max_iter=%d EM steps; result kept", k, max_iter
+        )
+
+
 def _fit_one(
     z: np.ndarray, k: int, n_init: int, reg_covar: float, max_iter: int, seed: int,
     start: GaussianMixture | None = None,
@@ -87,13 +101,8 @@ def _fit_one(
         random_state=seed,
         **init,
     )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+    with _convergence_logged(k, max_iter):
         model.fit(z)
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        logger.warning(
-            "GMM with k=%d did not converge in max_iter=%d EM steps; result kept", k, max_iter
-        )
     return model
 
 
@@ -170,8 +179,7 @@ def fit_gmm(
         # admits: the best of fresh starts may give a few outlying spots a component again.
         selection = select_k(z, k_range, seed=seed)
         bic = {str(k): value for k, value in zip(selection.ks, selection.bic)}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with _convergence_logged(selection.k, max_iter):
             model, _, _ = admissible_fit(z_fit, selection.k, n_init, seed, reg_covar, max_iter)
     else:
         k = check_n_clusters(n_clusters, n)

@@ -349,7 +349,8 @@ def local_client(workers: int = 2, memory_limit: str = "auto", scheduler: str | 
     # the section it was running with it. Dask's nanny starts workers with
     # MALLOC_TRIM_THRESHOLD_=65536, which fixes glibc's mmap threshold at 128 KiB and hands freed
     # memory straight back: every tensor of a training step is then mapped and faulted in anew,
-    # and half the worker's CPU time went to the kernel; unset, the worker allocates as `senca run` does.
+    # and half the worker's CPU time went to the kernel. Unset, the worker allocates as
+    # `senca run` does (benchmarks/cohort.md).
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
                           "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
