@@ -3,9 +3,19 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from senca.graph.ops import add_self_loops, edge_index_to_scipy, remove_self_loops, scatter_sum, segment_softmax, to_undirected
+from senca.graph import ops
+from senca.graph.ops import (
+    add_self_loops,
+    edge_attention,
+    edge_index_to_scipy,
+    remove_self_loops,
+    scatter_sum,
+    segment_softmax,
+    to_undirected,
+)
 from senca.model.layers import GraphAttentionConv
 
 
@@ -71,3 +81,38 @@ def test_graph_attention_equals_dense_masked_attention():
     # Gradients reach every weight.
     out.pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+def _attention_by_autograd(query, key, value, src, dst):
+    """The plain composition edge_attention replaces: per-edge gathers, segment softmax, scatter."""
+    scores = (query[dst] * key[src]).sum(-1) / math.sqrt(query.shape[2])
+    alpha = segment_softmax(scores, dst, query.shape[0])
+    return scatter_sum(value[src] * alpha.unsqueeze(-1), dst, query.shape[0])
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])  # several chunks per pass, and one
+def test_edge_attention_equals_the_plain_composition(monkeypatch, chunk):
+    monkeypatch.setattr(ops, "_ATTENTION_CHUNK", chunk)
+    g = torch.Generator().manual_seed(0)
+    n, tokens, e = 20, 45, 160
+    src = torch.randint(0, tokens, (e,), generator=g)
+    dst = torch.randint(0, n - 2, (e,), generator=g)  # the last two targets have no edges
+    query, key, value = (torch.randn(size, 3, 4, generator=g, requires_grad=True) for size in (n, tokens, tokens))
+    out = edge_attention(query, key, value, src, dst)
+    expected = _attention_by_autograd(query, key, value, src, dst)
+    assert torch.equal(out, expected)  # the same arithmetic in the same order
+    assert torch.all(out[n - 2:] == 0)
+    grad_out = torch.randn(n, 3, 4, generator=g)
+    grads = torch.autograd.grad(out, (query, key, value), grad_out)
+    expected_grads = torch.autograd.grad(expected, (query, key, value), grad_out)
+    for got, want in zip(grads, expected_grads):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_edge_attention_gradient_matches_finite_differences(monkeypatch):
+    monkeypatch.setattr(ops, "_ATTENTION_CHUNK", 5)
+    g = torch.Generator().manual_seed(1)
+    n, e = 8, 30
+    src, dst = torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
+    inputs = tuple(torch.randn(n, 2, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: edge_attention(q, k, v, src, dst), inputs)

@@ -7,11 +7,13 @@ and every restart process, the import of a graph library (seconds per process).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["add_self_loops", "edge_index_to_scipy", "remove_self_loops", "scatter_sum", "segment_softmax", "to_undirected"]
+__all__ = ["add_self_loops", "edge_attention", "edge_index_to_scipy", "remove_self_loops", "scatter_sum", "segment_softmax", "to_undirected"]
 
 
 def _broadcast(index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -61,3 +63,81 @@ def edge_index_to_scipy(edge_index: torch.Tensor, num_nodes: int) -> sp.coo_matr
     """``num_nodes x num_nodes`` sparse matrix with a 1 at ``(source, target)`` of every edge."""
     row, col = edge_index.cpu().numpy()
     return sp.coo_matrix((np.ones(row.shape[0], dtype=np.float32), (row, col)), shape=(num_nodes, num_nodes))
+
+
+# Edges per chunk of the fused attention: a chunk's (edges, heads, channels) tensors stay in the
+# CPU cache (about 1 MB each at 64 channels) instead of streaming through memory.
+_ATTENTION_CHUNK = 4096
+
+
+class _EdgeAttention(torch.autograd.Function):
+    """Forward and backward of :func:`edge_attention`, chunked over the edges.
+
+    Autograd would keep every per-edge tensor (gathered queries, keys and values, their
+    products) for the backward pass: several ``(edges, heads, channels)`` arrays per layer,
+    written out and read back from memory, which made a training step memory-bound. Here only
+    the per-node inputs and the ``(edges, heads)`` attention weights are kept; the per-edge
+    products are formed chunk by chunk, in cache, in both passes.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, src, dst):
+        n, _, channels = query.shape
+        scale = math.sqrt(channels)
+        scores = query.new_empty(src.shape[0], query.shape[1])
+        for s, d, out in zip(src.split(_ATTENTION_CHUNK), dst.split(_ATTENTION_CHUNK), scores.split(_ATTENTION_CHUNK)):
+            torch.div((query.index_select(0, d) * key.index_select(0, s)).sum(-1), scale, out=out)
+        alpha = segment_softmax(scores, dst, n)
+        result = query.new_zeros(query.shape)
+        for s, d, a in zip(src.split(_ATTENTION_CHUNK), dst.split(_ATTENTION_CHUNK), alpha.split(_ATTENTION_CHUNK)):
+            result.index_add_(0, d, value.index_select(0, s) * a.unsqueeze(-1))
+        ctx.save_for_backward(query, key, value, src, dst, alpha)
+        return result
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, src, dst, alpha = ctx.saved_tensors
+        n, _, channels = query.shape
+        grad_out = grad_out.contiguous()
+        chunks = list(zip(src.split(_ATTENTION_CHUNK), dst.split(_ATTENTION_CHUNK), alpha.split(_ATTENTION_CHUNK)))
+        grad_value = torch.zeros_like(value)
+        grad_alpha = torch.empty_like(alpha)
+        for (s, d, a), g_a in zip(chunks, grad_alpha.split(_ATTENTION_CHUNK)):
+            g = grad_out.index_select(0, d)
+            torch.sum(g * value.index_select(0, s), -1, out=g_a)
+            grad_value.index_add_(0, s, g * a.unsqueeze(-1))
+        # Softmax backward: d score_e = alpha_e * (d alpha_e - sum over e's target of alpha * d alpha).
+        weighted = alpha * grad_alpha
+        grad_scores = (weighted - alpha * scatter_sum(weighted, dst, n).index_select(0, dst)) / math.sqrt(channels)
+        grad_query = torch.zeros_like(query)
+        grad_key = torch.zeros_like(key)
+        for (s, d, _), g_s in zip(chunks, grad_scores.split(_ATTENTION_CHUNK)):
+            g_s = g_s.unsqueeze(-1)
+            grad_query.index_add_(0, d, g_s * key.index_select(0, s))
+            grad_key.index_add_(0, s, g_s * query.index_select(0, d))
+        return grad_query, grad_key, grad_value, None, None
+
+
+def edge_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Multi-head dot-product attention of each target over its edges.
+
+    ``out_i = sum_{e: dst_e = i} softmax_e(q_i . k_{src_e} / sqrt(c)) v_{src_e}``, the softmax
+    over the edges of each target (a target without edges gets zeros). Works like the plain
+    composition of gathers, :func:`segment_softmax` and :func:`scatter_sum`, but never holds
+    per-edge feature arrays: O(nodes x heads x c + edges x heads) memory, and far less memory
+    traffic, which is what bounds a CPU training step.
+
+    Parameters
+    ----------
+    query
+        ``(n, heads, c)`` one query per target.
+    key, value
+        ``(t, heads, c)`` one key and value per source token.
+    src, dst
+        ``(E,)`` source token and target of every edge.
+
+    Returns
+    -------
+    ``(n, heads, c)``.
+    """
+    return _EdgeAttention.apply(query.contiguous(), key.contiguous(), value.contiguous(), src, dst)

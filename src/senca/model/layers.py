@@ -12,13 +12,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from senca.graph.ops import add_self_loops, scatter_sum, segment_softmax
+from senca.graph.ops import add_self_loops, edge_attention
 
 __all__ = ["GraphAttentionConv", "GraphTransformer", "MLPEncoder", "NeighbourhoodCrossAttention", "SharedEncoderBlock", "GatedFusion"]
 
@@ -57,13 +56,10 @@ class GraphAttentionConv(nn.Module):
             linear.reset_parameters()
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        src, dst = edge_index[0], edge_index[1]
-        query = self.lin_query(x).view(-1, self.heads, self.head_dim).index_select(0, dst)
-        key = self.lin_key(x).view(-1, self.heads, self.head_dim).index_select(0, src)
-        value = self.lin_value(x).view(-1, self.heads, self.head_dim).index_select(0, src)
-        alpha = segment_softmax((query * key).sum(dim=-1) / math.sqrt(self.head_dim), dst, n)
-        out = scatter_sum(value * alpha.view(-1, self.heads, 1), dst, n)
+        query = self.lin_query(x).view(-1, self.heads, self.head_dim)
+        key = self.lin_key(x).view(-1, self.heads, self.head_dim)
+        value = self.lin_value(x).view(-1, self.heads, self.head_dim)
+        out = edge_attention(query, key, value, edge_index[0], edge_index[1])
         return out.view(-1, self.heads * self.head_dim) + self.lin_skip(x)
 
 
@@ -133,9 +129,8 @@ class NeighbourhoodCrossAttention(nn.Module):
     """Multi-head attention of ``query`` spots over ``key_value`` features of their neighbourhood.
 
     For every spot ``i`` the attention runs over ``j in N(i) + {i}`` only: scores are computed
-    per edge and normalised per target spot (:func:`senca.graph.ops.segment_softmax`), values
-    are summed per target (:func:`senca.graph.ops.scatter_sum`). Memory is O(edges x dim);
-    no spots x spots matrix is formed.
+    per edge and normalised per target spot (:func:`senca.graph.ops.edge_attention`). Memory
+    is O(spots x dim + edges x heads); no spots x spots matrix is formed.
 
     Parameters
     ----------
@@ -143,11 +138,9 @@ class NeighbourhoodCrossAttention(nn.Module):
         Feature size of both inputs and of the output.
     heads
         Attention heads (``dim`` must be divisible by ``heads``).
-    dropout
-        Dropout on the attention weights.
     """
 
-    def __init__(self, dim: int, heads: int = 4, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int = 4):
         super().__init__()
         self.heads = heads
         self.head_dim = dim // heads
@@ -155,7 +148,6 @@ class NeighbourhoodCrossAttention(nn.Module):
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.attn_dropout = nn.Dropout(dropout)
 
     def forward(
         self, query: torch.Tensor, key_value: torch.Tensor | Sequence[torch.Tensor], edge_index: torch.Tensor
@@ -183,13 +175,10 @@ class NeighbourhoodCrossAttention(nn.Module):
         # Token t of spot j sits at row t * n + j of ``tokens``.
         src = torch.cat([edge_index[0] + t * n for t in range(tokens.shape[0] // n)])
         dst = edge_index[1].repeat(tokens.shape[0] // n)
-        q = self.q(query).view(n, self.heads, self.head_dim)[dst]
-        k = self.k(tokens).view(-1, self.heads, self.head_dim)[src]
-        v = self.v(tokens).view(-1, self.heads, self.head_dim)[src]
-        score = (q * k).sum(-1) / math.sqrt(self.head_dim)  # (E, heads)
-        alpha = self.attn_dropout(segment_softmax(score, dst, n))
-        out = scatter_sum(alpha.unsqueeze(-1) * v, dst, n)
-        return self.out(out.reshape(n, -1))
+        q = self.q(query).view(n, self.heads, self.head_dim)
+        k = self.k(tokens).view(-1, self.heads, self.head_dim)
+        v = self.v(tokens).view(-1, self.heads, self.head_dim)
+        return self.out(edge_attention(q, k, v, src, dst).reshape(n, -1))
 
 
 class SharedEncoderBlock(nn.Module):
