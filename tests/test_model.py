@@ -418,3 +418,21 @@ def test_resnet_branch_trains_and_reloads_from_cached_features(tmp_path):
     model.save(tmp_path / "r")
     assert np.array_equal(SENCA.load(tmp_path / "r", a, device="cpu").get_latent_representation(), z)
     assert np.allclose(SENCA.load(tmp_path / "r", a, patches=patches, device="cpu").get_latent_representation(), z, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch_px", [16, 64])
+def test_resnet_features_do_not_depend_on_image_threads(patch_px):
+    """The ResNet's feature pass takes every free core by default; its features (and so the regions) must not change."""
+    a = grid_adata(side=6)
+    patches = np.random.default_rng(3).integers(0, 255, (a.n_obs, 3, patch_px, patch_px)).astype(np.uint8)
+    threads_before = torch.get_num_threads()
+    features = []
+    for threads in (1, 3):
+        model = SENCA(a, patches=patches, device="cpu", **{**FAST, "epochs_warmup": 1, "epochs_shared": 1,
+                                                             "epochs_regions": 0, "image_num_threads": threads})
+        model.train(progress_bar=False)
+        features.append(model.data.image_features)
+        assert torch.get_num_threads() == threads_before
+    assert torch.equal(features[0], features[1])
+    with pytest.raises(SencaInputError, match="image_num_threads"):
+        SencaConfig(image_num_threads=0)

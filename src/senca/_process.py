@@ -45,6 +45,11 @@ def array_bytes(array: Any) -> int:
     return int(getattr(array, "nbytes", 0))
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def available_memory() -> int:
     """Bytes of memory free for new processes (``MemAvailable``; the total where that is unknown)."""
     try:

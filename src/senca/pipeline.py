@@ -28,7 +28,7 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from senca import io
-from senca._process import array_bytes, available_memory, die_with_parent, owned_prefix, remove_dead_runs
+from senca._process import array_bytes, available_memory, die_with_parent, owned_prefix, remove_dead_runs, usable_cores
 from senca.clustering import cluster, consensus_labels
 from senca.errors import SencaInputError
 from senca.evaluation import n_clusters_from_labels, score
@@ -101,7 +101,7 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
     if auto:
         if n_spots < _AUTO_JOBS_MIN_SPOTS or not _spawn_is_safe():
             return 1
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         if cores < n_restarts <= 2 * cores and n_restarts % cores:
             return n_restarts  # e.g. three restarts on two cores: none waits for a core to free up
         return min(cores, n_restarts)
@@ -188,7 +188,9 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
             with open(inputs, "wb") as f:
                 pickle.dump((adata, patches, image_features), f, protocol=pickle.HIGHEST_PROTOCOL)
             folders = [Path(tmp) / f"restart-{seed}" for seed in seeds]
-            futures = [pool.submit(_train_in_worker, str(inputs), config.replace(seed=seed), str(folder))
+            # The ResNet passes take the process's share of the cores, not all of them.
+            share = config.image_num_threads or max(1, usable_cores() // jobs)
+            futures = [pool.submit(_train_in_worker, str(inputs), config.replace(seed=seed, image_num_threads=share), str(folder))
                        for seed, folder in zip(seeds, folders)]
             for future in tqdm(futures, desc="restarts", unit="run", disable=not progress):
                 future.result()

@@ -87,7 +87,11 @@ class SencaConfig:
         thread is the default because the graph operations are small, and more threads were
         slower on a shared machine, ResNet included (measurements: benchmarks/README.md,
         section "Why the defaults are what they are", "[model] num_threads"); raise it on
-        an idle many-core machine.
+        an idle many-core machine. ``image_num_threads`` intra-op threads of the ResNet's
+        feature pass over the patches (``None``: every core this process may run on):
+        convolutions keep the cores busy, and in eval mode they give the same features at any
+        thread count; the pipeline gives each restart process its share of the cores when
+        restarts train in parallel.
     Ablations (each a different code path)
         ``use_image`` (False: gene branch only); ``use_graph`` (False: MLP instead of the
         graph transformer); ``cross_attention`` (False: concatenate the branch outputs);
@@ -144,6 +148,7 @@ class SencaConfig:
     full_batch_max_spots: int = 5000
     seed: int = 0
     num_threads: int | None = 1
+    image_num_threads: int | None = None
 
     use_image: bool = True
     use_graph: bool = True
@@ -174,8 +179,9 @@ class SencaConfig:
             raise SencaInputError(f"SencaConfig.n_input_pcs={self.n_input_pcs}: expected >= 2 or None")
         if self.coherence_z is not None and self.coherence_z < 0:
             raise SencaInputError(f"SencaConfig.coherence_z={self.coherence_z}: expected >= 0 or None")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise SencaInputError(f"SencaConfig.num_threads={self.num_threads}: expected >= 1 or None")
+        for name in ("num_threads", "image_num_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SencaInputError(f"SencaConfig.{name}={getattr(self, name)}: expected >= 1 or None")
         if self.batch_size is not None and self.batch_size < 1:
             raise SencaInputError(f"SencaConfig.batch_size={self.batch_size}: expected >= 1 or None")
         if not 0 < self.aug_crop_scale <= 1:

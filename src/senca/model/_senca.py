@@ -26,6 +26,7 @@ from senca.training.trainer import (
     SencaData,
     StagedTrainer,
     embed,
+    image_threads,
     make_sampler,
     neighbourhood_mean,
     spot_image_features,
@@ -342,7 +343,7 @@ class SENCA:
         if not self.module.has_image:
             raise SencaInputError("SENCA: the model has no image branch (use_image=False or no image given)")
         if self.data.image_features is None:
-            with _compute_settings(self.config.num_threads):
+            with _compute_settings(self.config.num_threads), image_threads(self.config.image_num_threads):
                 features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
         else:
             features = self.data.image_features

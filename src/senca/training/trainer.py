@@ -18,8 +18,10 @@ only) or ``contrastive`` (``vanilla_contrastive=True``: cross-modal InfoNCE only
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +32,7 @@ import torch
 from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
+from senca._process import usable_cores
 from senca.clustering import global_scale, select_k
 from senca.clustering.gmm import fit_gmm
 from senca.graph.autocorrelation import coherent_features
@@ -132,6 +135,17 @@ def spot_image_features(
             for idx in nodes.split(_FEATURE_CHUNK)
         ]
     return torch.cat(chunks)
+
+
+@contextlib.contextmanager
+def image_threads(threads: int | None) -> Iterator[None]:
+    """Intra-op threads for a ResNet pass: ``threads``, every usable core when ``None``; restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or usable_cores())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def make_sampler(module: SencaModule, data: SencaData, config: SencaConfig) -> SubgraphSampler:
@@ -252,9 +266,13 @@ class StagedTrainer:
     def _freeze_image(self) -> None:
         """Cache standardised ResNet features (eval mode, no augmentation) so later stages skip the CNN."""
         start = time.perf_counter()
+        # The batch statistics are reduced in an order that depends on the thread count on
+        # small feature maps, so they are estimated with the training threads; the eval pass
+        # gives the same features at any thread count.
         self._recalibrate_batchnorm()
         self.module.resnet.eval()
-        raw = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False)
+        with image_threads(self.config.image_num_threads):
+            raw = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False)
         self.data.image_features = self.module.fit_image_standardisation(raw).cpu()
         for p in list(self.module.resnet.parameters()) + list(self.module.view_head.parameters()):
             p.requires_grad_(False)
