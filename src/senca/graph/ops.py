@@ -76,8 +76,11 @@ class _EdgeAttention(torch.autograd.Function):
     Autograd would keep every per-edge tensor (gathered queries, keys and values, their
     products) for the backward pass: several ``(edges, heads, channels)`` arrays per layer,
     written out and read back from memory, which made a training step memory-bound. Here only
-    the per-node inputs and the ``(edges, heads)`` attention weights are kept; the per-edge
-    products are formed chunk by chunk, in cache, in both passes.
+    the per-node inputs and the ``(edges, heads)`` softmax terms are kept; the per-edge
+    products are formed chunk by chunk, in cache, in both passes. Both passes do autograd's
+    arithmetic on the plain composition in the same order (the backward formulas of each
+    operation as torch defines them), so values and gradients are the same to the bit and
+    training follows the same path.
     """
 
     @staticmethod
@@ -87,31 +90,37 @@ class _EdgeAttention(torch.autograd.Function):
         scores = query.new_empty(src.shape[0], query.shape[1])
         for s, d, out in zip(src.split(_ATTENTION_CHUNK), dst.split(_ATTENTION_CHUNK), scores.split(_ATTENTION_CHUNK)):
             torch.div((query.index_select(0, d) * key.index_select(0, s)).sum(-1), scale, out=out)
-        alpha = segment_softmax(scores, dst, n)
+        # segment_softmax, keeping the terms its backward pass needs.
+        peak = scores.new_zeros(n, scores.shape[1]).scatter_reduce_(0, _broadcast(dst, scores), scores, reduce="amax",
+                                                                    include_self=False)
+        exp = (scores - peak.index_select(0, dst)).exp()
+        total = (scatter_sum(exp, dst, n) + 1e-16).index_select(0, dst)
+        alpha = exp / total
         result = query.new_zeros(query.shape)
         for s, d, a in zip(src.split(_ATTENTION_CHUNK), dst.split(_ATTENTION_CHUNK), alpha.split(_ATTENTION_CHUNK)):
             result.index_add_(0, d, value.index_select(0, s) * a.unsqueeze(-1))
-        ctx.save_for_backward(query, key, value, src, dst, alpha)
+        ctx.save_for_backward(query, key, value, src, dst, exp, total, alpha)
         return result
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, src, dst, alpha = ctx.saved_tensors
+        query, key, value, src, dst, exp, total, alpha = ctx.saved_tensors
         n, _, channels = query.shape
         grad_out = grad_out.contiguous()
-        chunks = list(zip(src.split(_ATTENTION_CHUNK), dst.split(_ATTENTION_CHUNK), alpha.split(_ATTENTION_CHUNK)))
+        chunks = list(zip(src.split(_ATTENTION_CHUNK), dst.split(_ATTENTION_CHUNK)))
         grad_value = torch.zeros_like(value)
         grad_alpha = torch.empty_like(alpha)
-        for (s, d, a), g_a in zip(chunks, grad_alpha.split(_ATTENTION_CHUNK)):
+        for (s, d), a, g_a in zip(chunks, alpha.split(_ATTENTION_CHUNK), grad_alpha.split(_ATTENTION_CHUNK)):
             g = grad_out.index_select(0, d)
             torch.sum(g * value.index_select(0, s), -1, out=g_a)
             grad_value.index_add_(0, s, g * a.unsqueeze(-1))
-        # Softmax backward: d score_e = alpha_e * (d alpha_e - sum over e's target of alpha * d alpha).
-        weighted = alpha * grad_alpha
-        grad_scores = (weighted - alpha * scatter_sum(weighted, dst, n).index_select(0, dst)) / math.sqrt(channels)
+        # alpha = exp / total, total = (sum of exp over the target) gathered back to the edges.
+        grad_total = -grad_alpha * ((exp / total) / total)
+        grad_exp = grad_alpha / total + exp.new_zeros(n, exp.shape[1]).index_add_(0, dst, grad_total).index_select(0, dst)
+        grad_scores = (grad_exp * exp) / math.sqrt(channels)
         grad_query = torch.zeros_like(query)
         grad_key = torch.zeros_like(key)
-        for (s, d, _), g_s in zip(chunks, grad_scores.split(_ATTENTION_CHUNK)):
+        for (s, d), g_s in zip(chunks, grad_scores.split(_ATTENTION_CHUNK)):
             g_s = g_s.unsqueeze(-1)
             grad_query.index_add_(0, d, g_s * key.index_select(0, s))
             grad_key.index_add_(0, s, g_s * query.index_select(0, d))
