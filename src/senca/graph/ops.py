@@ -32,12 +32,17 @@ def segment_softmax(src: torch.Tensor, index: torch.Tensor, num_nodes: int) -> t
     The per-target maximum is subtracted first (numerical stability); a target without edges
     gets none.
     """
+    exp, total = _softmax_terms(src, index, num_nodes)
+    return exp / total
+
+
+def _softmax_terms(src: torch.Tensor, index: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerator and denominator of :func:`segment_softmax`, the denominator gathered back to the edges."""
     size = (num_nodes,) + tuple(src.shape[1:])
     src_max = src.new_zeros(size).scatter_reduce_(0, _broadcast(index, src), src.detach(), reduce="amax",
                                                   include_self=False)
-    out = (src - src_max.index_select(0, index)).exp()
-    out_sum = scatter_sum(out, index, num_nodes) + 1e-16
-    return out / out_sum.index_select(0, index)
+    exp = (src - src_max.index_select(0, index)).exp()
+    return exp, (scatter_sum(exp, index, num_nodes) + 1e-16).index_select(0, index)
 
 
 def remove_self_loops(edge_index: torch.Tensor) -> torch.Tensor:
@@ -90,11 +95,7 @@ class _EdgeAttention(torch.autograd.Function):
         scores = query.new_empty(src.shape[0], query.shape[1])
         for s, d, out in zip(src.split(_ATTENTION_CHUNK), dst.split(_ATTENTION_CHUNK), scores.split(_ATTENTION_CHUNK)):
             torch.div((query.index_select(0, d) * key.index_select(0, s)).sum(-1), scale, out=out)
-        # segment_softmax, keeping the terms its backward pass needs.
-        peak = scores.new_zeros(n, scores.shape[1]).scatter_reduce_(0, _broadcast(dst, scores), scores, reduce="amax",
-                                                                    include_self=False)
-        exp = (scores - peak.index_select(0, dst)).exp()
-        total = (scatter_sum(exp, dst, n) + 1e-16).index_select(0, dst)
+        exp, total = _softmax_terms(scores, dst, n)  # segment_softmax, keeping what its backward pass needs
         alpha = exp / total
         result = query.new_zeros(query.shape)
         for s, d, a in zip(src.split(_ATTENTION_CHUNK), dst.split(_ATTENTION_CHUNK), alpha.split(_ATTENTION_CHUNK)):
