@@ -26,7 +26,7 @@ from senca.training.trainer import (
     SencaData,
     StagedTrainer,
     embed,
-    image_threads,
+    intra_op_threads,
     make_sampler,
     neighbourhood_mean,
     spot_image_features,
@@ -57,15 +57,12 @@ def _obs_hash(adata: AnnData) -> str:
 def _compute_settings(num_threads: int | None):
     """Deterministic kernels and the configured intra-op threads for one call; restored after."""
     previous = torch.are_deterministic_algorithms_enabled()
-    threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
     try:
-        yield
+        with intra_op_threads(num_threads or torch.get_num_threads()):
+            yield
     finally:
         torch.use_deterministic_algorithms(previous)
-        torch.set_num_threads(threads)
 
 
 def _st_input(adata: AnnData, pca_key: str, n_pcs: int | None = None) -> np.ndarray:
@@ -343,7 +340,7 @@ class SENCA:
         if not self.module.has_image:
             raise SencaInputError("SENCA: the model has no image branch (use_image=False or no image given)")
         if self.data.image_features is None:
-            with _compute_settings(self.config.num_threads), image_threads(self.config.image_num_threads):
+            with _compute_settings(self.config.num_threads), intra_op_threads(self.config.image_num_threads):
                 features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
         else:
             features = self.data.image_features

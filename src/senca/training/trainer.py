@@ -21,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -138,8 +138,8 @@ def spot_image_features(
 
 
 @contextlib.contextmanager
-def image_threads(threads: int | None) -> Iterator[None]:
-    """Intra-op threads for a ResNet pass: ``threads``, every usable core when ``None``; restored after."""
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` (every usable core when ``None``) for a block; restored after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or usable_cores())
     try:
@@ -271,7 +271,7 @@ class StagedTrainer:
         # gives the same features at any thread count.
         self._recalibrate_batchnorm()
         self.module.resnet.eval()
-        with image_threads(self.config.image_num_threads):
+        with intra_op_threads(self.config.image_num_threads):
             raw = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False)
         self.data.image_features = self.module.fit_image_standardisation(raw).cpu()
         for p in list(self.module.resnet.parameters()) + list(self.module.view_head.parameters()):
