@@ -52,16 +52,22 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def servers_of(pid: int) -> list[int]:
+    """The multiprocessing fork servers among ``pid``'s children."""
+    return [child for child in children(pid) if "multiprocessing.forkserver" in _cmdline(child)]
+
+
 def workers_of(pid: int) -> list[int]:
-    """The spawned worker processes among ``pid``'s children."""
-    found = []
-    for child in children(pid):
-        try:
-            if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
-                found.append(child)
-        except OSError:
-            continue
-    return found
+    """The worker processes started for ``pid``: spawned children, or children of its fork server."""
+    spawned = [child for child in children(pid) if "spawn_main" in _cmdline(child)]
+    return spawned + [worker for server in servers_of(pid) for worker in children(server)]
 
 
 def running(pid: int) -> bool:
@@ -115,20 +121,21 @@ def signal_during_training(folder: Path, section: Path, signum: int) -> dict:
     try:
         wait_for(lambda: list((folder / "tmp").glob("senca-restarts-*")), 240, "the restart folder")
         workers = wait_for(lambda: workers_of(proc.pid), 120, "restart workers")
-        time.sleep(3)  # the workers are importing torch or training
+        servers = servers_of(proc.pid)  # a fork server, which must end with them
+        time.sleep(3)  # the workers are starting or training
         sent = time.monotonic()
         proc.send_signal(signum)
         code = proc.wait(timeout=120)
         stopped = time.monotonic() - sent
         try:
-            wait_for(lambda: not any(map(running, workers)), 30, "workers to end")
+            wait_for(lambda: not any(map(running, workers + servers)), 30, "workers to end")
         except TimeoutError:
             pass
-        alive = sum(map(running, workers))
+        alive = sum(map(running, workers + servers))
     finally:
         proc.kill()
     return {"exit code": code, "seconds to exit": round(stopped, 1), "workers": len(workers),
-            "workers still running": alive, "message": proc.stderr.read().strip().splitlines()[-1:],
+            "fork servers": len(servers), "workers still running": alive, "message": proc.stderr.read().strip().splitlines()[-1:],
             "out exists": (folder / "out").exists(), **_leftovers(folder)}
 
 
@@ -140,6 +147,7 @@ def kill_parent_during_training(folder: Path, section: Path) -> dict:
     try:
         wait_for(lambda: list((folder / "tmp").glob("senca-restarts-*")), 240, "the restart folder")
         workers = wait_for(lambda: workers_of(proc.pid), 120, "restart workers")
+        servers = servers_of(proc.pid)
         time.sleep(2)
         sent = time.monotonic()
         proc.kill()
@@ -147,14 +155,15 @@ def kill_parent_during_training(folder: Path, section: Path) -> dict:
     finally:
         proc.kill()
     try:
-        wait_for(lambda: not any(map(running, workers)), 30, "orphaned workers to end")
+        wait_for(lambda: not any(map(running, workers + servers)), 30, "orphaned workers to end")
         gone = round(time.monotonic() - sent, 1)
     except TimeoutError:
         gone = None
     left = _leftovers(folder)
     removed = remove_dead_runs(folder / "tmp", "senca-restarts-")
-    return {"exit code": proc.returncode, "workers": len(workers), "seconds until the workers ended": gone,
-            "workers still running": sum(map(running, workers)), **left,
+    return {"exit code": proc.returncode, "workers": len(workers), "fork servers": len(servers),
+            "seconds until the workers ended": gone, "workers still running": sum(map(running, workers + servers)),
+            **left,
             "restart folders removed by the next run": len(removed)}
 
 

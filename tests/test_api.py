@@ -257,7 +257,7 @@ def test_auto_restart_jobs_uses_free_cores_only_where_safe_and_worth_it(monkeypa
     settings.device = "cpu"
     assert settings.clustering.restart_jobs == "auto"
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(pipeline, "_spawn_is_safe", lambda: True)
+    monkeypatch.setattr(pipeline, "workers_may_start", lambda: True)
     assert pipeline.restart_jobs(settings, 3, 5000) == 3  # three restarts share two cores, none waits
     assert pipeline.restart_jobs(settings, 4, 5000) == 2  # they divide evenly: one process per core
     assert pipeline.restart_jobs(settings, 5, 5000) == 2  # more than twice the cores: one per core
@@ -265,28 +265,32 @@ def test_auto_restart_jobs_uses_free_cores_only_where_safe_and_worth_it(monkeypa
     assert pipeline.restart_jobs(settings, 2, 5000) == 1  # one core: a process would only add its start-up
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert pipeline.restart_jobs(settings, 1, 5000) == 1
-    assert pipeline.restart_jobs(settings, 3, 500) == 1  # too small for a process to pay
-    monkeypatch.setattr(pipeline, "_spawn_is_safe", lambda: False)
+    monkeypatch.setattr(pipeline, "forks_from_server", lambda: True)
+    assert pipeline.restart_jobs(settings, 3, 500) == 3  # a forked process starts cheaply
+    monkeypatch.setattr(pipeline, "forks_from_server", lambda: False)
+    assert pipeline.restart_jobs(settings, 3, 500) == 1  # too small for a spawned process to pay
+    assert pipeline.restart_jobs(settings, 3, 5000) == 3
+    monkeypatch.setattr(pipeline, "workers_may_start", lambda: False)
     assert pipeline.restart_jobs(settings, 3, 5000) == 1  # a script without a known __main__ guard
 
 
-def test_spawn_is_safe_under_pytest_is_false_and_for_the_senca_command_true(monkeypatch):
+def test_workers_may_start_not_under_pytest_but_for_the_senca_command(monkeypatch):
     import sys
     import types
 
-    import senca.pipeline as pipeline
+    import senca._process as process
 
-    assert not pipeline._spawn_is_safe()  # pytest's __main__ is a file of another package
+    assert not process.workers_may_start()  # pytest's __main__ is a file of another package
     command = types.ModuleType("__main__")
     command.__file__ = "/venv/bin/senca"
     monkeypatch.setitem(sys.modules, "__main__", command)
-    assert pipeline._spawn_is_safe()
+    assert process.workers_may_start()
     interactive = types.ModuleType("__main__")
     monkeypatch.setitem(sys.modules, "__main__", interactive)
-    assert pipeline._spawn_is_safe()
+    assert process.workers_may_start()
     # a daemonic process (a Dask worker) may not start processes of its own
-    monkeypatch.setattr(pipeline.multiprocessing.current_process(), "daemon", True, raising=False)
-    assert not pipeline._spawn_is_safe()
+    monkeypatch.setattr(process.multiprocessing.current_process(), "daemon", True, raising=False)
+    assert not process.workers_may_start()
 
 
 def test_auto_restart_processes_are_capped_by_free_memory(monkeypatch):

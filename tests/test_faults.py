@@ -232,6 +232,7 @@ def test_signal_during_parallel_training_ends_workers_and_leaves_nothing(tmp_pat
     assert result["exit code"] == code, result
     assert result["message"] == [f"senca: {'terminated' if code == 143 else 'interrupted'}; no outputs were written"]
     assert result["workers"] >= 1 and result["workers still running"] == 0  # the second may still be starting
+    assert result["fork servers"] == 1  # the workers forked from it; it ended too
     assert not result["out exists"] and result["partial folders left"] == 0 and result["restart folders left"] == 0
 
 
@@ -240,6 +241,7 @@ def test_workers_die_with_a_killed_parent(tmp_path, section):
     result = faults.kill_parent_during_training(tmp_path, section)
     assert result["exit code"] == -signal.SIGKILL and result["workers"] >= 1
     assert result["seconds until the workers ended"] is not None and result["workers still running"] == 0
+    assert result["fork servers"] == 1
     # nothing could remove the restart folder, until the next run
     assert result["restart folders left"] == 1 and result["restart folders removed by the next run"] == 1
 
@@ -253,6 +255,21 @@ def test_kill_while_writing_outputs(tmp_path, section, signum):
     # SIGTERM cleans up at once; after SIGKILL the partial folder stays until the next run
     assert result["partial folders left"] == (0 if signum == signal.SIGTERM else 1)
     assert result["partial folders after the next run's check"] == 0
+
+
+def test_die_with_parent_via_a_server_exits_when_the_starter_is_gone(tmp_path):
+    """A worker forked by a server has the server as its parent; it watches the process that asked for it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    code = subprocess.run([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                           f"from senca._process import die_with_parent; die_with_parent({dead.pid}, 0.1, via_server=True);"
+                           "time.sleep(30)", str(SRC)], timeout=60).returncode
+    assert code == 1
+    alive = os.getpid()  # this test's process lives on: the worker runs to its end
+    code = subprocess.run([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                           f"from senca._process import die_with_parent; die_with_parent({alive}, 0.1, via_server=True);"
+                           "time.sleep(0.5)", str(SRC)], timeout=60).returncode
+    assert code == 0
 
 
 def test_die_with_parent_exits_an_orphan(tmp_path):

@@ -8,12 +8,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import pickle
 import resource
-import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,7 +27,9 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from senca import io
-from senca._process import array_bytes, available_memory, die_with_parent, owned_prefix, remove_dead_runs, usable_cores
+from senca._process import (WORKER_MODULES, array_bytes, available_memory, die_with_parent, forks_from_server,
+                            owned_prefix, remove_dead_runs, start_worker_server, usable_cores, worker_context,
+                            workers_may_start)
 from senca.clustering import cluster, consensus_labels
 from senca.errors import SencaInputError
 from senca.evaluation import n_clusters_from_labels, score
@@ -48,7 +49,8 @@ REGION_KEY = "senca_region"
 _RESTART_SEED_STEP = 1000
 _RESTARTS_STEM = "senca-restarts-"
 _EMBEDDING_FILE = "embedding.npy"
-# Below this many spots a restart takes about as long as starting a process for it.
+# Below this many spots a restart takes about as long as spawning a process for it (forking
+# one from the server costs far less).
 _AUTO_JOBS_MIN_SPOTS = 2000
 # Memory of a restart process beyond its copy of the section: the interpreter, torch, the model.
 _PROCESS_OVERHEAD_BYTES = 1 << 30
@@ -79,11 +81,12 @@ def restart_seeds(settings: RunSettings) -> list[int]:
 def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> int:
     """How many restarts train at once: ``settings.clustering.restart_jobs``, 1 off the CPU.
 
-    ``"auto"`` uses one process per restart where that pays and is safe: on a section of at
-    least ``_AUTO_JOBS_MIN_SPOTS`` spots (below it, starting a process costs about what a
-    restart does) and when the main program is the ``senca`` command or an interactive
-    session. A user's script may lack the ``if __name__ == "__main__":`` guard that spawned
-    processes need, so there it trains the restarts one after another unless given a number.
+    ``"auto"`` uses one process per restart where that pays and is safe: where processes fork
+    from a server that has imported senca (:func:`senca._process.worker_context`), or else on a
+    section of at least ``_AUTO_JOBS_MIN_SPOTS`` spots (below it, spawning a process costs about
+    what a restart does), and when the main program is the ``senca`` command or an interactive
+    session. A user's script may lack the ``if __name__ == "__main__":`` guard that the
+    processes need (they import the main module), so there it trains the restarts one after another unless given a number.
     There is one process per core this process may run on, or one per restart where the
     restarts do not divide evenly over the cores and are at most twice as many: three restarts
     on two cores then finish together after about 1.5 restarts' time, where two processes take
@@ -99,7 +102,7 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
             logger.info("restarts train one after another on %s (restart_jobs applies to the CPU)", settings.device)
         return 1
     if auto:
-        if n_spots < _AUTO_JOBS_MIN_SPOTS or not _spawn_is_safe():
+        if not workers_may_start() or (n_spots < _AUTO_JOBS_MIN_SPOTS and not forks_from_server()):
             return 1
         cores = usable_cores()
         if cores < n_restarts <= 2 * cores and n_restarts % cores:
@@ -128,23 +131,21 @@ def _affordable_jobs(jobs: int, adata: ad.AnnData, patches, image_features) -> i
     return affordable
 
 
-def _spawn_is_safe() -> bool:
-    """Whether spawned processes can start: not in a daemon (e.g. a Dask worker), and the main
-    module is senca's command or has no file."""
-    if multiprocessing.current_process().daemon:
-        return False
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if path is None:  # interactive interpreter, Jupyter
-        return True
-    spec = getattr(main, "__spec__", None)
-    return (spec is not None and spec.name.split(".")[0] == "senca") or Path(path).stem == "senca"
-
-
 def _train_one(adata: ad.AnnData, config, patches, image_features, device: str, progress: bool) -> SENCA:
     model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=device)
     model.train(progress_bar=progress)
     return model
+
+
+def _init_restart_worker(parent: int, via_server: bool) -> None:
+    """Restart process initializer: die with ``parent``; a thread lock for tqdm.
+
+    tqdm otherwise makes a multiprocessing lock, a named semaphore in a forked-from-server
+    process, which a worker terminated mid-training would leave for the resource tracker to
+    warn about; the workers show no progress bars.
+    """
+    die_with_parent(parent, via_server=via_server)
+    tqdm.set_lock(threading.RLock())
 
 
 def _train_in_worker(inputs: str, config, folder: str) -> None:
@@ -160,14 +161,15 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
                     progress: bool) -> list[tuple[SENCA, np.ndarray]]:
     """Train one model per seed; ``(model, embedding)`` in seed order.
 
-    With ``jobs > 1`` the restarts train in that many child processes (spawned: a forked
-    child would inherit torch's thread pools). Each restart seeds itself and runs the same
-    kernels, so the embeddings equal those of the sequential path; the models come back
-    through :meth:`SENCA.save` / :meth:`SENCA.load`. Inputs and results pass through files in
+    With ``jobs > 1`` the restarts train in that many child processes, forked from a server
+    that imported senca once (:func:`senca._process.worker_context`; spawned where the platform
+    has no fork): a child forked from this process would inherit torch's thread pools. Each
+    restart seeds itself and runs the same kernels, so the embeddings equal those of the
+    sequential path; the models come back through :meth:`SENCA.save` / :meth:`SENCA.load`. Inputs and results pass through files in
     a temporary folder, not the pool's pipes: a worker ended halfway through reading a large
     message would leave the pipe's writer blocked, and an interrupted run waiting on it
-    forever. As with any spawned process, a script that calls this must guard its top level
-    with ``if __name__ == "__main__":``.
+    forever. The children import the main module, as spawned ones do, so a script that calls
+    this must guard its top level with ``if __name__ == "__main__":``.
     """
     if jobs == 1:
         out = []
@@ -181,8 +183,9 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
     logger.info("training %d restarts in %d processes", len(seeds), jobs)
     remove_dead_runs(Path(tempfile.gettempdir()), _RESTARTS_STEM)
     with tempfile.TemporaryDirectory(prefix=owned_prefix(_RESTARTS_STEM)) as tmp:
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=die_with_parent, initargs=(os.getpid(),))
+        context = worker_context(WORKER_MODULES)
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_restart_worker,
+                                   initargs=(os.getpid(), context.get_start_method() == "forkserver"))
         try:
             inputs = Path(tmp) / "inputs.pickle"
             with open(inputs, "wb") as f:
@@ -342,6 +345,8 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True,
     """
     seeds = restart_seeds(settings)  # bad restart settings fail before the costly steps
     jobs = restart_jobs(settings, len(seeds), adata.n_obs)
+    if jobs > 1:
+        start_worker_server(WORKER_MODULES)  # it imports senca while this process preprocesses
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with timed("preprocess", timings):

@@ -91,9 +91,9 @@ class ClusterSettings:
     every process (each holds its own copy of the section; measurements in
     ``benchmarks/restart_jobs.md``). ``"auto"``: one process per free core, or one per restart
     where that keeps every core busy to the end (three restarts on two cores), from the
-    ``senca`` command or an interactive session, on sections large enough for it to pay (see
-    :func:`senca.pipeline.restart_jobs`). The processes are spawned, so a script that sets a
-    number needs the ``if __name__ == "__main__":`` guard.
+    ``senca`` command or an interactive session (see :func:`senca.pipeline.restart_jobs`). The
+    processes import the main module, as spawned ones do, so a script that sets a number needs
+    the ``if __name__ == "__main__":`` guard.
     """
 
     method: str = "gmm"

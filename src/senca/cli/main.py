@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from senca import __version__
-from senca._process import signal_handler
+from senca._process import WORKER_MODULES, signal_handler, start_worker_server, usable_cores, workers_may_start
 from senca.errors import SencaInputError
 
 logger = logging.getLogger("senca")
@@ -138,12 +138,21 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+def _start_restart_server(args: argparse.Namespace) -> None:
+    # Restart processes fork from a server that imports senca (senca._process.worker_context);
+    # started before this process imports senca, it does so on another core at the same time.
+    if (args.command in ("run", "demo") and args.jobs != 1 and args.restarts != 1
+            and args.device in (None, "auto", "cpu") and usable_cores() > 1 and workers_may_start()):
+        start_worker_server(WORKER_MODULES)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``senca`` command."""
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
     try:
         with signal_handler(signal.SIGTERM, _terminate):
+            _start_restart_server(args)
             # Imported here so that --help and usage errors answer instantly.
             from senca.cli.commands import cohort, demo, run
             return {"run": run, "cohort": cohort, "demo": demo}[args.command](args)
