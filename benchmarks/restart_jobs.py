@@ -1,9 +1,10 @@
 """Wall time and memory of senca's training restarts, one after another or in parallel processes.
 
-    python benchmarks/restart_jobs.py --sections A1 151510 --jobs 1 2 3
+    python benchmarks/restart_jobs.py --sections C1 A1 151510 --jobs 1 2 3
 
 Each (section, jobs) runs ``senca.pipeline.run_section`` at the default settings (seed 0, CPU)
-with ``clustering.restart_jobs = jobs`` in a fresh child process, one at a time, and the table
+with ``clustering.restart_jobs = jobs`` in a fresh child process, one at a time (with jobs > 1
+the child starts the fork server before importing senca, as ``senca run`` does), and the table
 goes to ``benchmarks/restart_jobs.md``: wall seconds, the peak resident memory of the run's
 process and of its largest restart process, the ARI, and whether the regions equal those of
 the first ``jobs`` value (they should: every restart seeds itself).
@@ -34,6 +35,10 @@ OUT = Path(__file__).resolve().parent / "restart_jobs.md"
 def _measure(section_name: str, jobs: int, data_root: str, queue) -> None:
     import dataclasses
 
+    from senca._process import WORKER_MODULES, start_worker_server
+
+    if jobs > 1:  # as senca run does: the server imports senca while this process does
+        start_worker_server(WORKER_MODULES)
     from senca.pipeline import run_section
     from senca.settings import RunSettings
 

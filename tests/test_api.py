@@ -265,10 +265,10 @@ def test_auto_restart_jobs_uses_free_cores_only_where_safe_and_worth_it(monkeypa
     assert pipeline.restart_jobs(settings, 2, 5000) == 1  # one core: a process would only add its start-up
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert pipeline.restart_jobs(settings, 1, 5000) == 1
-    monkeypatch.setattr(pipeline, "forks_from_server", lambda: True)
-    assert pipeline.restart_jobs(settings, 3, 500) == 3  # a forked process starts cheaply
-    monkeypatch.setattr(pipeline, "forks_from_server", lambda: False)
-    assert pipeline.restart_jobs(settings, 3, 500) == 1  # too small for a spawned process to pay
+    monkeypatch.setattr(pipeline, "worker_server_started", lambda: True)
+    assert pipeline.restart_jobs(settings, 3, 500) == 3  # forked from a running server: cheap
+    monkeypatch.setattr(pipeline, "worker_server_started", lambda: False)
+    assert pipeline.restart_jobs(settings, 3, 500) == 1  # too small to pay for starting one
     assert pipeline.restart_jobs(settings, 3, 5000) == 3
     monkeypatch.setattr(pipeline, "workers_may_start", lambda: False)
     assert pipeline.restart_jobs(settings, 3, 5000) == 1  # a script without a known __main__ guard

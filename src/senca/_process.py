@@ -155,13 +155,23 @@ def worker_context(preload: tuple[str, ...] = ()) -> multiprocessing.context.Bas
     return context
 
 
+_server_started = False
+
+
 def start_worker_server(preload: tuple[str, ...]) -> None:
     """Start the fork server of :func:`worker_context` now, so that it imports ``preload`` while
     this process goes on (a no-op where it runs already or the platform has none)."""
+    global _server_started
     if worker_context(preload).get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+        _server_started = True
+
+
+def worker_server_started() -> bool:
+    """Whether :func:`start_worker_server` has started the fork server: workers then start cheaply."""
+    return _server_started
 
 
 @contextlib.contextmanager

@@ -27,9 +27,9 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from senca import io
-from senca._process import (WORKER_MODULES, array_bytes, available_memory, die_with_parent, forks_from_server,
-                            owned_prefix, remove_dead_runs, start_worker_server, usable_cores, worker_context,
-                            workers_may_start)
+from senca._process import (WORKER_MODULES, array_bytes, available_memory, die_with_parent, owned_prefix,
+                            remove_dead_runs, start_worker_server, usable_cores, worker_context,
+                            worker_server_started, workers_may_start)
 from senca.clustering import cluster, consensus_labels
 from senca.errors import SencaInputError
 from senca.evaluation import n_clusters_from_labels, score
@@ -49,8 +49,8 @@ REGION_KEY = "senca_region"
 _RESTART_SEED_STEP = 1000
 _RESTARTS_STEM = "senca-restarts-"
 _EMBEDDING_FILE = "embedding.npy"
-# Below this many spots a restart takes about as long as spawning a process for it (forking
-# one from the server costs far less).
+# Below this many spots a restart takes about as long as starting the fork server (or spawning
+# a process); forking from a server that runs already costs far less.
 _AUTO_JOBS_MIN_SPOTS = 2000
 # Memory of a restart process beyond its copy of the section: the interpreter, torch, the model.
 _PROCESS_OVERHEAD_BYTES = 1 << 30
@@ -81,10 +81,11 @@ def restart_seeds(settings: RunSettings) -> list[int]:
 def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> int:
     """How many restarts train at once: ``settings.clustering.restart_jobs``, 1 off the CPU.
 
-    ``"auto"`` uses one process per restart where that pays and is safe: where processes fork
-    from a server that has imported senca (:func:`senca._process.worker_context`), or else on a
-    section of at least ``_AUTO_JOBS_MIN_SPOTS`` spots (below it, spawning a process costs about
-    what a restart does), and when the main program is the ``senca`` command or an interactive
+    ``"auto"`` uses one process per restart where that pays and is safe: where the server the
+    processes fork from runs already (:func:`senca._process.start_worker_server`; ``senca run``
+    starts it before its own imports), or else on a section of at least
+    ``_AUTO_JOBS_MIN_SPOTS`` spots (below it, starting the server or spawning a process costs
+    about what a restart does), and when the main program is the ``senca`` command or an interactive
     session. A user's script may lack the ``if __name__ == "__main__":`` guard that the
     processes need (they import the main module), so there it trains the restarts one after another unless given a number.
     There is one process per core this process may run on, or one per restart where the
@@ -102,7 +103,7 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
             logger.info("restarts train one after another on %s (restart_jobs applies to the CPU)", settings.device)
         return 1
     if auto:
-        if not workers_may_start() or (n_spots < _AUTO_JOBS_MIN_SPOTS and not forks_from_server()):
+        if not workers_may_start() or (n_spots < _AUTO_JOBS_MIN_SPOTS and not worker_server_started()):
             return 1
         cores = usable_cores()
         if cores < n_restarts <= 2 * cores and n_restarts % cores:
