@@ -135,11 +135,6 @@ def workers_may_start() -> bool:
     return (spec is not None and spec.name.split(".")[0] == "senca") or Path(path).stem == "senca"
 
 
-def forks_from_server() -> bool:
-    """Whether worker processes can fork from a server (:func:`worker_context`), not only spawn."""
-    return "forkserver" in multiprocessing.get_all_start_methods()
-
-
 def worker_context(preload: tuple[str, ...] = ()) -> multiprocessing.context.BaseContext:
     """Start method for worker processes: a fork server that has imported ``preload``, else spawn.
 
@@ -148,7 +143,7 @@ def worker_context(preload: tuple[str, ...] = ()) -> multiprocessing.context.Bas
     is itself a fresh interpreter that runs nothing but the imports, so no thread pool of
     this process is forked. Platforms without ``fork`` (Windows) spawn.
     """
-    if not forks_from_server():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
