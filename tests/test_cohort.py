@@ -137,6 +137,19 @@ def test_local_cluster_workers_allocate_like_a_plain_process():
     assert list(environ.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
 
 
+def test_tasks_give_the_resnet_pass_the_workers_threads_not_every_core(client):
+    """Two one-thread workers on one machine: each ResNet pass takes one thread, not both cores."""
+    from senca.cohort.run import _within_worker
+
+    settings = RunSettings()
+    assert settings.model.image_num_threads is None  # every core, for a process on its own
+    assert client.submit(_within_worker, settings, pure=False).result().model.image_num_threads == 1
+    given = settings.model.replace(image_num_threads=3)
+    chosen = client.submit(_within_worker, RunSettings(model=given), pure=False).result()
+    assert chosen.model.image_num_threads == 3  # a user's number is kept
+    assert _within_worker(settings) is settings  # outside a worker nothing changes
+
+
 def _manifest(data, names, path):
     path.write_text("path,name\n" + "".join(f"{data / n}.h5ad,{n}\n" for n in names))
     return read_manifest(path)

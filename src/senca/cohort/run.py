@@ -92,10 +92,28 @@ def is_finished(folder: Path, settings: RunSettings) -> bool:
     return True
 
 
+def _within_worker(settings: RunSettings) -> RunSettings:
+    """``settings`` to run with on a Dask worker: the ResNet pass takes the worker's threads.
+
+    Left at ``None``, ``image_num_threads`` means every core of the machine, which its other
+    workers use too. The features do not depend on the thread count, so neither do the
+    regions; the outputs record the settings as given.
+    """
+    if settings.model.image_num_threads is not None:
+        return settings
+    from distributed import get_worker
+
+    try:
+        threads = get_worker().nthreads
+    except ValueError:  # not running on a worker
+        return settings
+    return dataclasses.replace(settings, model=settings.model.replace(image_num_threads=threads))
+
+
 def _task_independent(section: Section, settings: RunSettings, folder: str) -> dict:
     """Read, preprocess, train and write one section (a Dask task)."""
     adata = load_section(settings)
-    result = run_section(adata, settings, progress=False)
+    result = run_section(adata, _within_worker(settings), progress=False)
     write_outputs(result, settings, Path(folder), title=section.name, force=True)
     return result.metrics
 
@@ -113,7 +131,7 @@ def _task_joint(sections: dict[str, ad.AnnData], settings: RunSettings, inputs: 
         missing = [name for name, adata in sections.items() if not has_image(adata)]
         logger.warning("sections without an H&E image (%s): the joint model runs on the transcriptomics alone", ", ".join(missing))
         settings = dataclasses.replace(settings, model=settings.model.replace(use_image=False))
-    result = run_section(joined, settings, progress=False, library_key=LIBRARY_KEY)
+    result = run_section(joined, _within_worker(settings), progress=False, library_key=LIBRARY_KEY)
     metrics = {}
     for name, part in split_sections(result.adata, LIBRARY_KEY).items():
         part.obs[REGION_KEY] = part.obs[REGION_KEY].cat.remove_unused_categories()
