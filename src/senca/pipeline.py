@@ -85,9 +85,10 @@ def restart_jobs(settings: RunSettings, n_restarts: int, n_spots: int = 0) -> in
     processes fork from runs already (:func:`senca._process.start_worker_server`; ``senca run``
     starts it before its own imports), or else on a section of at least
     ``_AUTO_JOBS_MIN_SPOTS`` spots (below it, starting the server or spawning a process costs
-    about what a restart does), and when the main program is the ``senca`` command or an interactive
-    session. A user's script may lack the ``if __name__ == "__main__":`` guard that the
-    processes need (they import the main module), so there it trains the restarts one after another unless given a number.
+    about what a restart does), and when the main program is the ``senca`` command or an
+    interactive session. A user's script may lack the ``if __name__ == "__main__":`` guard that
+    the processes need (they import the main module), so there it trains the restarts one after
+    another unless given a number.
     There is one process per core this process may run on, or one per restart where the
     restarts do not divide evenly over the cores and are at most twice as many: three restarts
     on two cores then finish together after about 1.5 restarts' time, where two processes take
@@ -166,10 +167,10 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
     that imported senca once (:func:`senca._process.worker_context`; spawned where the platform
     has no fork): a child forked from this process would inherit torch's thread pools. Each
     restart seeds itself and runs the same kernels, so the embeddings equal those of the
-    sequential path; the models come back through :meth:`SENCA.save` / :meth:`SENCA.load`. Inputs and results pass through files in
-    a temporary folder, not the pool's pipes: a worker ended halfway through reading a large
-    message would leave the pipe's writer blocked, and an interrupted run waiting on it
-    forever. The children import the main module, as spawned ones do, so a script that calls
+    sequential path; the models come back through :meth:`SENCA.save` / :meth:`SENCA.load`.
+    Inputs and results pass through files in a temporary folder, not the pool's pipes: a
+    worker ended halfway through reading a large message would leave the pipe's writer
+    blocked, and an interrupted run waiting on it forever. The children import the main module, as spawned ones do, so a script that calls
     this must guard its top level with ``if __name__ == "__main__":``.
     """
     if jobs == 1:
