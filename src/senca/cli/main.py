@@ -51,8 +51,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=None,
                         help="train up to this many restarts at once, each in its own process: the same regions "
                              "sooner on a machine with free cores, at the memory of one run per process "
-                             "(default: one per free core, or one per restart where that keeps every core busy, on "
-                             "sections of 2,000 spots or more; CPU only)")
+                             "(default: one per free core, or one per restart where that keeps every core busy; "
+                             "CPU only)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
