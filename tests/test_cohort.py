@@ -141,9 +141,17 @@ def test_tasks_give_the_resnet_pass_the_workers_threads_not_every_core(client):
     """Two one-thread workers on one machine: each ResNet pass takes one thread, not both cores."""
     from senca.cohort.run import _within_worker
 
+    def on_worker(settings):
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            threads = _within_worker(settings).model.image_num_threads
+        return threads, [str(w.message) for w in caught]
+
     settings = RunSettings()
     assert settings.model.image_num_threads is None  # every core, for a process on its own
-    assert client.submit(_within_worker, settings, pure=False).result().model.image_num_threads == 1
+    assert client.submit(on_worker, settings, pure=False).result() == (1, [])  # no deprecated Dask API either
     given = settings.model.replace(image_num_threads=3)
     chosen = client.submit(_within_worker, RunSettings(model=given), pure=False).result()
     assert chosen.model.image_num_threads == 3  # a user's number is kept

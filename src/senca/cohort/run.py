@@ -104,9 +104,10 @@ def _within_worker(settings: RunSettings) -> RunSettings:
     from distributed import get_worker
 
     try:
-        threads = get_worker().nthreads
+        worker = get_worker()
     except ValueError:  # not running on a worker
         return settings
+    threads = worker.state.nthreads
     return dataclasses.replace(settings, model=settings.model.replace(image_num_threads=threads))
 
 
