@@ -170,8 +170,9 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
     sequential path; the models come back through :meth:`SENCA.save` / :meth:`SENCA.load`.
     Inputs and results pass through files in a temporary folder, not the pool's pipes: a
     worker ended halfway through reading a large message would leave the pipe's writer
-    blocked, and an interrupted run waiting on it forever. The children import the main module, as spawned ones do, so a script that calls
-    this must guard its top level with ``if __name__ == "__main__":``.
+    blocked, and an interrupted run waiting on it forever. The children import the main
+    module, as spawned ones do, so a script that calls this must guard its top level with
+    ``if __name__ == "__main__":``.
     """
     if jobs == 1:
         out = []

@@ -115,8 +115,9 @@ class _EdgeAttention(torch.autograd.Function):
             g = grad_out.index_select(0, d)
             torch.sum(g * value.index_select(0, s), -1, out=g_a)
             grad_value.index_add_(0, s, g * a.unsqueeze(-1))
-        # alpha = exp / total, total = (sum of exp over the target) gathered back to the edges.
-        grad_total = -grad_alpha * ((exp / total) / total)
+        # alpha = exp / total, total = (sum of exp over the target) gathered back to the edges;
+        # autograd's divisor gradient recomputes exp / total, which is alpha to the bit.
+        grad_total = -grad_alpha * (alpha / total)
         grad_exp = grad_alpha / total + exp.new_zeros(n, exp.shape[1]).index_add_(0, dst, grad_total).index_select(0, dst)
         grad_scores = (grad_exp * exp) / math.sqrt(channels)
         grad_query = torch.zeros_like(query)
