@@ -196,6 +196,32 @@ def test_broken_section_is_reported_the_rest_finish_and_resume(data, client, tmp
         run_cohort(sections, out, other, client, mode="independent", progress=False)
 
 
+def test_joint_restarts_train_as_tasks_with_the_regions_of_one_process(data, client, tmp_path):
+    """The joint model's restarts are Dask tasks spread over the workers; the regions are those
+    of the same restarts trained one after another in this process."""
+    from distributed import get_task_stream
+
+    from senca.cohort.run import LIBRARY_KEY, section_settings
+    from senca.io import concat_sections
+    from senca.pipeline import REGION_KEY, load_section, run_section
+
+    sections = _manifest(data, ["s0", "s1"], tmp_path / "m.csv")
+    settings = fast_settings(data)
+    settings.clustering.restarts = 3
+    with get_task_stream(client) as stream:
+        result = run_cohort(sections, tmp_path / "out", settings, client, mode="joint", progress=False)
+    assert result.failed == []
+    restarts = [task for task in stream.data if str(task["key"]).startswith("senca-restart-")]
+    assert len(restarts) == 3
+
+    joined = concat_sections({s.name: load_section(section_settings(settings, s)) for s in sections}, library_key=LIBRARY_KEY)
+    expected = run_section(joined, settings, progress=False, library_key=LIBRARY_KEY).adata.obs
+    regions = pd.read_csv(tmp_path / "out" / "regions.csv", dtype=str)
+    cohort = pd.Series(regions["region"].to_numpy(), index=regions["section"] + ":" + regions["spot"])
+    assert len(cohort) == len(expected)
+    assert (cohort.loc[expected.index].to_numpy() == expected[REGION_KEY].astype(str).to_numpy()).all()
+
+
 def _kill_a_busy_worker(client, prefix: str, killed: list) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,8 @@ REGION_KEY = "senca_region"
 _RESTART_SEED_STEP = 1000
 _RESTARTS_STEM = "senca-restarts-"
 _EMBEDDING_FILE = "embedding.npy"
+#: ``(adata, config, seeds, patches, image_features, device) -> [(model, embedding)]``, see :func:`run_section`.
+RestartTrainer = Callable[..., list[tuple[SENCA, np.ndarray]]]
 # Below this many spots a restart takes about as long as starting the fork server (or spawning
 # a process); forking from a server that runs already costs far less.
 _AUTO_JOBS_MIN_SPOTS = 2000
@@ -139,6 +141,43 @@ def _train_one(adata: ad.AnnData, config, patches, image_features, device: str, 
     return model
 
 
+def _save_restart(model: SENCA, folder: Path) -> None:
+    model.save(folder)
+    np.save(folder / _EMBEDDING_FILE, model.get_latent_representation())
+
+
+def _load_restart(folder: Path, adata: ad.AnnData, image_features, device: str) -> tuple[SENCA, np.ndarray]:
+    # The saved model keeps the image features, so the ResNet need not run again.
+    return SENCA.load(folder, adata, image_features=image_features, device=device), np.load(folder / _EMBEDDING_FILE)
+
+
+def train_restart_files(adata: ad.AnnData, config, patches, image_features, device: str) -> dict[str, bytes]:
+    """Train one restart of :func:`run_section` and return its saved model as ``{file name: bytes}``.
+
+    For restarts that train elsewhere (a Dask task, see :func:`senca.cohort.run_cohort`): the
+    files travel back in memory, so no shared file system is needed.
+    :func:`restarts_from_files` turns them back into models.
+    """
+    model = _train_one(adata, config, patches, image_features, device, progress=False)
+    with tempfile.TemporaryDirectory(prefix=owned_prefix(_RESTARTS_STEM)) as tmp:
+        _save_restart(model, Path(tmp))
+        return {path.name: path.read_bytes() for path in Path(tmp).iterdir()}
+
+
+def restarts_from_files(saved: list[dict[str, bytes]], adata: ad.AnnData, image_features,
+                        device: str) -> list[tuple[SENCA, np.ndarray]]:
+    """``(model, embedding)`` of each restart saved by :func:`train_restart_files`, in order."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix=owned_prefix(_RESTARTS_STEM)) as tmp:
+        for i, files in enumerate(saved):
+            folder = Path(tmp) / f"restart-{i}"
+            folder.mkdir()
+            for name, blob in files.items():
+                (folder / name).write_bytes(blob)
+            out.append(_load_restart(folder, adata, image_features, device))
+    return out
+
+
 def _init_restart_worker(parent: int, via_server: bool) -> None:
     """Restart process initializer: die with ``parent``; a thread lock for tqdm.
 
@@ -154,9 +193,7 @@ def _train_in_worker(inputs: str, config, folder: str) -> None:
     """One restart in a child process: read the inputs, train, save the model and embedding to ``folder``."""
     with open(inputs, "rb") as f:
         adata, patches, image_features = pickle.load(f)
-    model = _train_one(adata, config, patches, image_features, "cpu", progress=False)
-    model.save(folder)
-    np.save(Path(folder) / _EMBEDDING_FILE, model.get_latent_representation())
+    _save_restart(_train_one(adata, config, patches, image_features, "cpu", progress=False), Path(folder))
 
 
 def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_features, device: str, jobs: int,
@@ -210,9 +247,7 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        # The saved models keep the image features, so the ResNet need not run again.
-        return [(SENCA.load(folder, adata, image_features=image_features, device=device), np.load(folder / _EMBEDDING_FILE))
-                for folder in folders]
+        return [_load_restart(folder, adata, image_features, device) for folder in folders]
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -316,7 +351,8 @@ def _n_regions(adata: ad.AnnData, settings: RunSettings) -> int | None:
     return k
 
 
-def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True, library_key: str | None = None) -> RunResult:
+def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True, library_key: str | None = None,
+                train_restarts: RestartTrainer | None = None) -> RunResult:
     """Run senca on one section, or jointly on several.
 
     Parameters
@@ -334,6 +370,11 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True,
         them, so region ids mean the same in every section, while normalisation, graph,
         patches and refinement stay within sections (see :func:`senca.pp.preprocess`,
         :func:`senca.graph.spatial_graph`).
+    train_restarts
+        Trains the restarts elsewhere: called as ``train_restarts(adata, config, seeds, patches,
+        image_features, device)``, it returns ``(model, embedding)`` per seed, in seed order, as
+        the restarts here would (e.g. as Dask tasks, :func:`senca.cohort.run_cohort`). ``None``:
+        in this process or in restart processes (``settings.clustering.restart_jobs``).
 
     Returns
     -------
@@ -348,7 +389,7 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True,
     """
     seeds = restart_seeds(settings)  # bad restart settings fail before the costly steps
     jobs = restart_jobs(settings, len(seeds), adata.n_obs)
-    if jobs > 1:
+    if jobs > 1 and train_restarts is None:
         start_worker_server(WORKER_MODULES)  # it imports senca while this process preprocesses
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -376,7 +417,10 @@ def run_section(adata: ad.AnnData, settings: RunSettings, progress: bool = True,
     if settings.clustering.restart_jobs == "auto":
         jobs = _affordable_jobs(jobs, adata, patches, image_features)
     with timed("training", timings):
-        trained = _train_restarts(adata, config, seeds, patches, image_features, settings.device, jobs, progress)
+        if train_restarts is None:
+            trained = _train_restarts(adata, config, seeds, patches, image_features, settings.device, jobs, progress)
+        else:
+            trained = train_restarts(adata, config, seeds, patches, image_features, settings.device)
     runs = []
     chosen = [model.n_regions for model, _ in trained]
     # Without k, each restart's region stage chooses its own (select_k); they may differ by one

@@ -31,7 +31,8 @@ from senca.errors import SencaInputError
 from senca.evaluation import ari_nmi
 from senca.io import concat_sections, split_sections
 from senca.outputs import OUTPUT_FILES, write_outputs
-from senca.pipeline import LABEL_KEY, REGION_KEY, RunResult, has_image, load_section, run_section
+from senca.pipeline import (LABEL_KEY, REGION_KEY, RunResult, has_image, load_section, restarts_from_files, run_section,
+                            train_restart_files)
 from senca.settings import RunSettings, dump_toml
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,29 @@ def _task_read(settings: RunSettings) -> ad.AnnData:
     return load_section(settings)
 
 
+def _task_restart(inputs: tuple, config, device: str) -> dict[str, bytes]:
+    """Train one restart of the joint model (a Dask task); its saved model's files."""
+    adata, patches, image_features = inputs
+    return train_restart_files(adata, config, patches, image_features, device)
+
+
+def _restarts_as_tasks(adata: ad.AnnData, config, seeds: list[int], patches, image_features, device: str) -> list:
+    """Train the joint model's restarts as Dask tasks, side by side on the cluster's workers.
+
+    Called from the joint task, which leaves its worker thread while it waits
+    (``worker_client``), so that even a one-thread cluster can run the restarts. Each restart
+    seeds itself and runs the same kernels as in one process, so the regions are the same.
+    """
+    from distributed import worker_client
+
+    with worker_client() as client:
+        [shared] = client.scatter([(adata, patches, image_features)], hash=False)
+        futures = [client.submit(_task_restart, shared, config.replace(seed=seed), device,
+                                 key=f"senca-restart-{seed}-{time.time_ns()}", pure=False) for seed in seeds]
+        saved = client.gather(futures)
+    return restarts_from_files(saved, adata, image_features, device)
+
+
 def _task_joint(sections: dict[str, ad.AnnData], settings: RunSettings, inputs: dict[str, RunSettings],
                 folders: dict[str, str]) -> dict[str, dict]:
     """One model and one clustering over all sections; each section's outputs written apart (a Dask task)."""
@@ -132,7 +156,8 @@ def _task_joint(sections: dict[str, ad.AnnData], settings: RunSettings, inputs: 
         missing = [name for name, adata in sections.items() if not has_image(adata)]
         logger.warning("sections without an H&E image (%s): the joint model runs on the transcriptomics alone", ", ".join(missing))
         settings = dataclasses.replace(settings, model=settings.model.replace(use_image=False))
-    result = run_section(joined, _within_worker(settings), progress=False, library_key=LIBRARY_KEY)
+    result = run_section(joined, _within_worker(settings), progress=False, library_key=LIBRARY_KEY,
+                         train_restarts=_restarts_as_tasks)
     metrics = {}
     for name, part in split_sections(result.adata, LIBRARY_KEY).items():
         part.obs[REGION_KEY] = part.obs[REGION_KEY].cat.remove_unused_categories()
@@ -254,7 +279,7 @@ def run_cohort(
         ``"independent"``: one model per section, region ids matched across sections by
         their expression profiles afterwards. ``"joint"``: one model and one clustering over
         all sections (graph, normalisation, patches and refinement per section), so region
-        ids agree by construction.
+        ids agree by construction; its restarts train as tasks side by side.
     force
         Run every section again, replacing earlier outputs in ``out``.
     progress
