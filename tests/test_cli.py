@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import subprocess
@@ -42,6 +43,23 @@ def test_bad_usage_is_exit_2_with_one_line(tmp_path):
     assert "missing: input not found" in out.stderr and "Traceback" not in out.stderr
     out = senca("run", "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "no input given" in out.stderr and "--config" in out.stderr
+
+
+def test_main_in_process_leaves_the_garbage_collector_as_it_was(tmp_path, capsys):
+    # The executable freezes what the libraries create on import (its process ends soon after);
+    # a caller of main() keeps a collector that frees everything.
+    gc.collect()
+    frozen = gc.get_freeze_count()
+    assert main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "input not found" in capsys.readouterr().err
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_the_executable_ends_with_mains_exit_code(tmp_path):
+    out = subprocess.run([sys.executable, "-c", "import sys; from senca.cli.main import executable; "
+                          "sys.argv = ['senca', 'run', sys.argv[1], '--out', sys.argv[2]]; sys.exit(executable())",
+                          str(tmp_path / "missing"), str(tmp_path / "o")], capture_output=True, text=True)
+    assert out.returncode == 2 and "missing: input not found" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_her2st_without_sample_and_image_without_scale(capsys):

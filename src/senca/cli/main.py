@@ -7,9 +7,12 @@ finished with some sections failed (named in its report; the others are finished
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from senca import __version__
@@ -146,6 +149,37 @@ def _start_restart_server(args: argparse.Namespace) -> None:
         start_worker_server(WORKER_MODULES)
 
 
+_own_process = False
+
+
+@contextlib.contextmanager
+def _imports_uncollected() -> Iterator[None]:
+    # What torch, TorchDynamo and scanpy create on import lives until the process ends, yet the
+    # cyclic collector walked it eight times during the import (about 1 of 5 CPU seconds);
+    # frozen, the later collections skip it too. Only in the executable's own process: frozen
+    # objects are never collected, which a caller of main() (a test, a notebook) would not expect.
+    if not _own_process:
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def executable() -> int:
+    """The ``senca`` executable: :func:`main` in a process of its own, which it ends quickly."""
+    global _own_process
+    _own_process = True
+    code = main()
+    # Left to the collections at interpreter shutdown, the objects of the imported libraries
+    # took about a second to free on every run; the process ends, so they are left in place.
+    gc.freeze()
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``senca`` command."""
     args = build_parser().parse_args(argv)
@@ -154,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         with signal_handler(signal.SIGTERM, _terminate):
             _start_restart_server(args)
             # Imported here so that --help and usage errors answer instantly.
-            from senca.cli.commands import cohort, demo, run
+            with _imports_uncollected():
+                from senca.cli.commands import cohort, demo, run
             return {"run": run, "cohort": cohort, "demo": demo}[args.command](args)
     except SencaInputError as err:
         if args.debug:
@@ -173,4 +208,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(executable())
