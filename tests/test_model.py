@@ -436,3 +436,15 @@ def test_resnet_features_do_not_depend_on_image_threads(patch_px):
     assert torch.equal(features[0], features[1])
     with pytest.raises(SencaInputError, match="image_num_threads"):
         SencaConfig(image_num_threads=0)
+
+
+def test_the_model_layer_imports_neither_scanpy_nor_the_layers_above():
+    # scanpy takes seconds to import and only the marker test needs it; the model sits below the
+    # pipeline and the command, so importing it must not pull them in.
+    import subprocess
+    import sys
+
+    code = ("import sys, senca.model; "
+            "print(sorted(m for m in ('scanpy', 'senca.pipeline', 'senca.cli.commands', 'senca.cohort') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -137,6 +136,10 @@ def markers(
             f"adata.obs[{groupby!r}] has {len(obs['region'].cat.categories)} region(s), "
             f"{len(testable)} with >= 2 spots: expected at least 2 regions, one with >= 2 spots"
         )
+
+    # Imported here: scanpy takes seconds to import and only this test needs it, so the model
+    # and clustering layers, which import senca.evaluation, load without it.
+    import scanpy as sc
 
     view = AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=adata.var_names.astype(str)))
     sc.tl.rank_genes_groups(
