@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -441,9 +444,6 @@ def test_resnet_features_do_not_depend_on_image_threads(patch_px):
 def test_the_model_layer_imports_neither_scanpy_nor_the_layers_above():
     # scanpy takes seconds to import and only the marker test needs it; the model sits below the
     # pipeline and the command, so importing it must not pull them in.
-    import subprocess
-    import sys
-
     code = ("import sys, senca.model; "
             "print(sorted(m for m in ('scanpy', 'senca.pipeline', 'senca.cli.commands', 'senca.cohort') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

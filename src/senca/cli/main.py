@@ -149,16 +149,13 @@ def _start_restart_server(args: argparse.Namespace) -> None:
         start_worker_server(WORKER_MODULES)
 
 
-_own_process = False
-
-
 @contextlib.contextmanager
-def _imports_uncollected() -> Iterator[None]:
+def _imports_uncollected(own_process: bool) -> Iterator[None]:
     # What torch, TorchDynamo and scanpy create on import lives until the process ends, yet the
     # cyclic collector walked it eight times during the import (about 1 of 5 CPU seconds);
     # frozen, the later collections skip it too. Only in the executable's own process: frozen
     # objects are never collected, which a caller of main() (a test, a notebook) would not expect.
-    if not _own_process:
+    if not own_process:
         yield
         return
     gc.disable()
@@ -171,24 +168,23 @@ def _imports_uncollected() -> Iterator[None]:
 
 def executable() -> int:
     """The ``senca`` executable: :func:`main` in a process of its own, which it ends quickly."""
-    global _own_process
-    _own_process = True
-    code = main()
+    code = main(own_process=True)
     # Left to the collections at interpreter shutdown, the objects of the imported libraries
     # took about a second to free on every run; the process ends, so they are left in place.
     gc.freeze()
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``senca`` command."""
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """Entry point of the ``senca`` command; ``own_process`` when nothing else runs in this
+    interpreter (:func:`executable`), so the imported libraries may be kept from the collector."""
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
     try:
         with signal_handler(signal.SIGTERM, _terminate):
             _start_restart_server(args)
             # Imported here so that --help and usage errors answer instantly.
-            with _imports_uncollected():
+            with _imports_uncollected(own_process):
                 from senca.cli.commands import cohort, demo, run
             return {"run": run, "cohort": cohort, "demo": demo}[args.command](args)
     except SencaInputError as err:
