@@ -25,6 +25,7 @@ from senca.model import (
     resnet18,
     resnet50,
 )
+from senca.model.layers import masked_norm_linear
 
 # Small and fast: every test trains for a handful of epochs on a few hundred spots.
 FAST = dict(
@@ -385,6 +386,32 @@ def test_image_stream_reads_only_spatially_coherent_features(adata):
         original, model.data.image_features = model.data.image_features, shifted
         assert np.array_equal(model.get_latent_representation(), z) != changes
         model.data.image_features = original
+
+
+def test_masked_norm_linear_is_the_masked_layers_with_their_gradients():
+    """Reading only the kept columns gives the function and gradients of LayerNorm + Linear on
+    the zero-masked input, dropped columns included (they still enter the norm's statistics)."""
+    torch.manual_seed(0)
+    d = 300
+    norm, linear = torch.nn.LayerNorm(d), torch.nn.Linear(d, 16)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+        norm.bias.normal_(0.0, 0.3)
+    x = torch.randn(50, d) * 1.5 + 0.4
+    columns = torch.randperm(d)[:90].sort().values
+    mask = torch.zeros(d)
+    mask[columns] = 1.0
+    params = [norm.weight, norm.bias, linear.weight, linear.bias]
+    results = []
+    for compute in (lambda: linear(norm(x * mask)), lambda: masked_norm_linear(x, columns, norm, linear)):
+        out = compute()
+        grads = torch.autograd.grad(out.pow(2).sum(), params)
+        results.append((out, grads))
+    (expected, expected_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+    assert expected_grads[1][~mask.bool()].abs().max() > 0  # dropped columns do get gradients
 
 
 def test_save_load_gives_the_same_embedding(tmp_path, adata):

@@ -8,6 +8,8 @@
 - :class:`SharedEncoderBlock` cross-attention + FFN, residual, LayerNorm; one instance serves
   both directions (gene <- image, image <- gene).
 - :class:`GatedFusion` learned per-dimension gate between ``z_g`` and ``z_i``.
+- :func:`masked_norm_linear` a LayerNorm and a linear layer over features of which only some
+  columns are read, at the cost of those columns.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from torch import nn
 
 from senca.graph.ops import add_self_loops, edge_attention
 
-__all__ = ["GraphAttentionConv", "GraphTransformer", "MLPEncoder", "NeighbourhoodCrossAttention", "SharedEncoderBlock", "GatedFusion"]
+__all__ = ["GraphAttentionConv", "GraphTransformer", "MLPEncoder", "NeighbourhoodCrossAttention", "SharedEncoderBlock", "GatedFusion",
+           "masked_norm_linear"]
 
 
 class GraphAttentionConv(nn.Module):
@@ -222,3 +225,34 @@ class GatedFusion(nn.Module):
     def forward(self, z_g: torch.Tensor, z_i: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.gate(torch.cat([z_g, z_i], dim=-1)))
         return g * z_g + (1 - g) * z_i
+
+
+def masked_norm_linear(features: torch.Tensor, columns: torch.Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> torch.Tensor:
+    """``linear(norm(features * mask))``, where ``mask`` zeroes every column but ``columns``, read from ``columns`` alone.
+
+    The zeroed columns still count in the LayerNorm: as zeros in its mean and variance, and
+    through its affine output ``beta_j - mean * gamma_j / std``, which the linear layer sums in
+    closed form. So the function and its gradients are those of the masked layers, but a call
+    costs in proportion to the columns read (the image stream reads the spatially coherent
+    third of its texture features).
+
+    Parameters
+    ----------
+    features
+        ``(n, d)`` input; the columns outside ``columns`` are ignored (read as zero).
+    columns
+        Indices of the columns read.
+    norm, linear
+        A ``LayerNorm(d)`` with affine parameters and a ``Linear(d, out)``.
+
+    Returns
+    -------
+    ``(n, out)``.
+    """
+    d = features.shape[-1]
+    x = features.index_select(-1, columns)
+    mean = x.sum(-1, keepdim=True) / d
+    var = (x.pow(2).sum(-1, keepdim=True) / d - mean.pow(2)).clamp(min=0)
+    scaled_weight = linear.weight * norm.weight  # (out, d): the linear layer after the norm's scale
+    out = (x @ scaled_weight.index_select(1, columns).T - mean * scaled_weight.sum(1)) * torch.rsqrt(var + norm.eps)
+    return out + linear.weight @ norm.bias + linear.bias

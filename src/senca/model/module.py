@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from senca.model._config import SencaConfig
-from senca.model.layers import GatedFusion, GraphTransformer, MLPEncoder, SharedEncoderBlock
+from senca.model.layers import GatedFusion, GraphTransformer, MLPEncoder, SharedEncoderBlock, masked_norm_linear
 from senca.model.resnet import build_resnet, load_image_weights
 from senca.training.losses import student_t_assignment
 
@@ -152,6 +152,17 @@ class SencaModule(nn.Module):
         """SimCLR projection of pooled ResNet features."""
         return self.view_head(features)
 
+    def project_image(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Image branch output ``h_i`` from the features ``image_keep`` marks (the others read as zero)."""
+        columns = torch.nonzero(self.image_keep).squeeze(1)
+        if columns.numel() == self.image_feature_dim:
+            return self.image_proj(image_features)
+        norm, linear, *rest = self.image_proj
+        h = masked_norm_linear(image_features, columns, norm, linear)
+        for layer in rest:
+            h = layer(h)
+        return h
+
     def encode_gene(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """ST branch output ``h_g``."""
         return self.gene_encoder(x, edge_index)
@@ -177,7 +188,7 @@ class SencaModule(nn.Module):
             z_g = self.shared(h_g, h_g, edge_index) if self.config.cross_attention else h_g
             out.update(z_g=z_g, embedding=z_g)
             return out
-        h_i = self.image_proj(image_features * self.image_keep)
+        h_i = self.project_image(image_features)
         if self.config.cross_attention:
             image_block = self.shared if self.config.shared_encoder else self.image_block
             # Each stream attends over the other modality of the neighbourhood and over its own:
