@@ -156,10 +156,19 @@ def test_pca_above_max_fit_spots_projects_every_spot():
         assert abs(np.corrcoef(adata.obsm["X_pca"][:, i], full.obsm["X_pca"][:, i])[0, 1]) > 0.99
 
 
-def _count_resnet_passes(monkeypatch) -> list[int]:
-    """Patches per ``forward_texture`` call, recorded from now on."""
-    from senca.model.resnet import ResNet
+def test_resnet_features_cost_one_full_pass(monkeypatch):
+    """BatchNorm re-estimation reads at most _RECALIBRATION_MAX_SPOTS patches; the features one pass of all."""
+    import torch
 
+    from senca.model import SENCA
+    from senca.model.resnet import ResNet
+    from senca.training import trainer
+
+    from test_model import FAST, grid_adata
+
+    a = grid_adata(side=12)
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 255, (a.n_obs, 3, 16, 16)).astype(np.uint8)
     seen = []
     original = ResNet.forward_texture
 
@@ -168,54 +177,12 @@ def _count_resnet_passes(monkeypatch) -> list[int]:
         return original(self, x)
 
     monkeypatch.setattr(ResNet, "forward_texture", counting)
-    return seen
-
-
-def test_resnet_features_cost_one_full_pass(monkeypatch):
-    """BatchNorm re-estimation reads at most _RECALIBRATION_MAX_SPOTS patches; the features one pass of all."""
-    import torch
-
-    from senca.model import SENCA
-    from senca.training import trainer
-
-    from test_model import FAST, grid_adata
-
-    a = grid_adata(side=12)
-    rng = np.random.default_rng(0)
-    patches = rng.integers(0, 255, (a.n_obs, 3, 16, 16)).astype(np.uint8)
-    seen = _count_resnet_passes(monkeypatch)
     monkeypatch.setattr(trainer, "_RECALIBRATION_MAX_SPOTS", 50)
-    monkeypatch.setattr(trainer, "_ONE_BATCH_MAX_SPOTS", 40)
     torch.set_num_threads(1)
     model = SENCA(a, patches=patches, device="cpu", **{**FAST, "epochs_warmup": 1, "epochs_shared": 1, "epochs_regions": 0})
     model.train(progress_bar=False)
     assert sum(seen) == 50 + a.n_obs  # the re-estimation on a subsample, then every patch once
     assert model.data.image_features.shape[0] == a.n_obs
-
-
-def test_small_section_features_come_from_the_one_batch_that_sets_the_statistics(monkeypatch):
-    """Up to _ONE_BATCH_MAX_SPOTS spots, one ResNet pass both re-estimates BatchNorm and gives the
-    features; they are what the ResNet then gives in eval mode, so a saved model reproduces them."""
-    import torch
-
-    from senca.model import SENCA
-    from senca.training.augment import PatchAugmenter, patches_to_tensor
-
-    from test_model import FAST, grid_adata
-
-    a = grid_adata(side=12)
-    rng = np.random.default_rng(0)
-    patches = rng.integers(0, 255, (a.n_obs, 3, 16, 16)).astype(np.uint8)
-    seen = _count_resnet_passes(monkeypatch)
-    torch.set_num_threads(1)
-    model = SENCA(a, patches=patches, device="cpu", **{**FAST, "epochs_warmup": 1, "epochs_shared": 1, "epochs_regions": 0})
-    model.train(progress_bar=False)
-    assert seen == [a.n_obs]
-    module = model.module.eval()
-    with torch.no_grad():
-        raw = module.resnet.forward_texture(PatchAugmenter.plain(patches_to_tensor(torch.from_numpy(patches))))
-        again = (raw - module.image_mean) / module.image_std
-    np.testing.assert_allclose(again.numpy(), model.data.image_features.numpy(), atol=2e-4)
 
 
 def _pillow_patch(image, background, cx, cy, half, patch_px):

@@ -52,9 +52,6 @@ __all__ = ["SencaData", "StagedTrainer", "embed", "make_sampler", "neighbourhood
 _FEATURE_CHUNK = 256
 # Patches whose activations re-estimate the ResNet's BatchNorm statistics (all on smaller sections).
 _RECALIBRATION_MAX_SPOTS = 8192
-# Sections of at most this many spots pass through the ResNet in one batch, whose statistics are
-# then the section's own and whose output the features (about 140 MB per 64 px feature map).
-_ONE_BATCH_MAX_SPOTS = 512
 # Seeds per mini-batch when the section is too large for full-batch training and none is given:
 # a block about the size of a section that trains full-batch, so a step costs about the same at
 # any size (the contiguous block's halo adds only its rim).
@@ -239,7 +236,7 @@ class StagedTrainer:
         return float(np.mean(losses)) if losses else 0.0
 
     @torch.no_grad()
-    def _recalibrate_batchnorm(self) -> torch.Tensor | None:
+    def _recalibrate_batchnorm(self) -> None:
         """Re-estimate the ResNet's BatchNorm statistics on this section's plain patches.
 
         Eval-mode features then see activations normalised for this slide's stain and tissue
@@ -249,12 +246,6 @@ class StagedTrainer:
         patches, of at most ``_RECALIBRATION_MAX_SPOTS`` of them (a random subsample drawn with
         the seed above that): the statistics are settled long before, and the features then
         cost one full ResNet pass, not two.
-
-        Returns
-        -------
-        The image features when the whole section went through in one batch (at most
-        ``_ONE_BATCH_MAX_SPOTS`` spots): that pass normalised every patch by exactly the
-        statistics it stored, so an eval-mode pass would only repeat it. ``None`` otherwise.
         """
         resnet = self.module.resnet
         norms = [m for m in resnet.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -263,30 +254,14 @@ class StagedTrainer:
             m.reset_running_stats()
             m.momentum = None
         resnet.train()
-        if self.data.n_obs <= _ONE_BATCH_MAX_SPOTS:
-            values_per_channel: dict[torch.nn.Module, int] = {}
-            hooks = [m.register_forward_pre_hook(
-                lambda m, args: values_per_channel.__setitem__(m, args[0].numel() // args[0].shape[1])) for m in norms]
-            features = self.module.image_backbone_features(
-                PatchAugmenter.plain(patches_to_tensor(self.data.patches.to(self.device))))
-            for hook in hooks:
-                hook.remove()
-            # Training mode normalises by the biased variance and stores the unbiased one; store
-            # the one it used, so eval mode gives these features again.
-            for m in norms:
-                n = values_per_channel[m]
-                m.running_var.mul_((n - 1) / n)
-        else:
-            features = None
-            spots = torch.arange(self.data.n_obs)
-            if self.data.n_obs > _RECALIBRATION_MAX_SPOTS:
-                spots = torch.from_numpy(np.sort(np.random.default_rng(self.config.seed).choice(
-                    self.data.n_obs, _RECALIBRATION_MAX_SPOTS, replace=False)))
-            for idx in spots.split(_FEATURE_CHUNK):
-                resnet.forward_texture(PatchAugmenter.plain(patches_to_tensor(self.data.patches[idx].to(self.device))))
+        spots = torch.arange(self.data.n_obs)
+        if self.data.n_obs > _RECALIBRATION_MAX_SPOTS:
+            spots = torch.from_numpy(np.sort(np.random.default_rng(self.config.seed).choice(
+                self.data.n_obs, _RECALIBRATION_MAX_SPOTS, replace=False)))
+        for idx in spots.split(_FEATURE_CHUNK):
+            resnet.forward_texture(PatchAugmenter.plain(patches_to_tensor(self.data.patches[idx].to(self.device))))
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        return features
 
     def _freeze_image(self) -> None:
         """Cache standardised ResNet features (eval mode, no augmentation) so later stages skip the CNN."""
@@ -294,11 +269,10 @@ class StagedTrainer:
         # The batch statistics are reduced in an order that depends on the thread count on
         # small feature maps, so they are estimated with the training threads; the eval pass
         # gives the same features at any thread count.
-        raw = self._recalibrate_batchnorm()
+        self._recalibrate_batchnorm()
         self.module.resnet.eval()
-        if raw is None:
-            with intra_op_threads(self.config.image_num_threads):
-                raw = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False)
+        with intra_op_threads(self.config.image_num_threads):
+            raw = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False)
         self.data.image_features = self.module.fit_image_standardisation(raw).cpu()
         for p in list(self.module.resnet.parameters()) + list(self.module.view_head.parameters()):
             p.requires_grad_(False)
