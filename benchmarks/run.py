@@ -273,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fast check: seed 0 only and a tenth of every method's training epochs "
                              "(outputs to benchmarks/cache/check/ unless --out)")
     parser.add_argument("--sections", nargs="+", metavar="SECTION", choices=[s.name for s in SECTIONS],
-                        help="sections to run (default: all 9)")
+                        help=f"sections to run (default: all {len(SECTIONS)})")
     parser.add_argument("--methods", nargs="+", metavar="METHOD", choices=list(METHODS),
                         help=f"methods to run (default: all): {', '.join(METHODS)}")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds (default 0 1 2; --quick: 0)")

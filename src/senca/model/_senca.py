@@ -236,7 +236,8 @@ class SENCA:
             raise SencaInputError("SENCA: vanilla_contrastive needs an image (patches or image_features)")
         self._build(adata, config, data, image_mode, x_scale, input_pcs, pca_key, graph_key, device)
 
-    def _build(self, adata, config, data, image_mode, x_scale, input_pcs, pca_key, graph_key, device) -> None:
+    def _build(self, adata, config, data, image_mode, x_scale, input_pcs, pca_key, graph_key, device,
+               initialise: bool = True) -> None:
         self.adata = adata
         self.config = config
         self.data = data
@@ -247,7 +248,10 @@ class SENCA:
         self.device = resolve_device(device)
         feature_dim = data.image_features.shape[1] if image_mode == "features" else None
         torch.manual_seed(config.seed)
-        self.module = SencaModule(data.x.shape[1], config, image_mode, feature_dim)
+        # Without initialisation (a model about to receive saved weights) the module is built
+        # on the meta device: drawing the ResNet's random weights took longer than loading them.
+        with contextlib.nullcontext() if initialise else torch.device("meta"):
+            self.module = SencaModule(data.x.shape[1], config, image_mode, feature_dim)
         self.history: dict[str, pd.DataFrame] = {}
         #: How the number of regions was chosen when ``n_clusters`` was ``None``
         #: (:func:`senca.clustering.select_k`'s curve as a dict), else ``None``.
@@ -463,11 +467,12 @@ class SENCA:
             data.image_features = torch.from_numpy(np.load(path / _FEATURES_FILE))
         obj = cls.__new__(cls)
         # The weight file was only needed to initialise; the saved state holds the weights.
-        obj._build(adata, config.replace(image_weights=None), data, mode, attrs["x_scale"], input_pcs, pca_key, graph_key, device)
+        obj._build(adata, config.replace(image_weights=None), data, mode, attrs["x_scale"], input_pcs, pca_key, graph_key, device,
+                   initialise=False)
         obj.config = obj.module.config = config
         if attrs["n_centres"]:
             obj.module.centres = torch.nn.Parameter(torch.zeros(attrs["n_centres"], obj.module.embedding_dim))
-        obj.module.load_state_dict(state)
+        obj.module.load_state_dict(state, assign=True)
         obj.module.to(obj.device).eval()
         if mode == "resnet" and data.image_features is None:
             # Recompute the frozen features once, as training did after the warm-up.
