@@ -468,6 +468,21 @@ def test_resnet_features_do_not_depend_on_image_threads(patch_px):
         SencaConfig(image_num_threads=0)
 
 
+def test_loading_a_resnet_model_does_not_import_torchdynamo(tmp_path):
+    # The process that gathers the restarts loads three models; drawing their ResNet weights on
+    # the meta device used to import TorchDynamo there (about 1.5 s), which nothing else needs.
+    a = grid_adata(side=6)
+    patches = np.random.default_rng(0).integers(0, 255, (a.n_obs, 3, 16, 16)).astype(np.uint8)
+    model = SENCA(a, patches=patches, device="cpu", **{**FAST, "epochs_warmup": 1, "epochs_shared": 1, "epochs_regions": 0})
+    model.train(progress_bar=False)
+    model.save(tmp_path / "m", save_anndata=True)
+    code = ("import sys; from senca.model import SENCA; "
+            f"m = SENCA.load({str(tmp_path / 'm')!r}, device='cpu'); "
+            "print(m.module.image_mode, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["resnet", "False"], out.stdout + out.stderr
+
+
 def test_the_model_layer_imports_neither_scanpy_nor_the_layers_above():
     # scanpy takes seconds to import and only the marker test needs it; the model sits below the
     # pipeline and the command, so importing it must not pull them in.

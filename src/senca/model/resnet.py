@@ -107,7 +107,10 @@ class ResNet(nn.Module):
         self.texture_levels = tuple(2 * c for c in (3, 64, *(p * block.expansion for p in (64, 128, 256, 512))))
         self.texture_dim = sum(self.texture_levels)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            # Weights on the meta device are placeholders for loaded ones (SENCA.load): drawing
+            # them there goes through torch's Python reference kernels, whose first use imports
+            # TorchDynamo (about 1.5 s) in a process that may never need it.
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
