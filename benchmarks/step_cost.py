@@ -27,12 +27,13 @@ from senca.model import SENCA  # noqa: E402
 from senca.pipeline import _prepare  # noqa: E402
 from senca.settings import RunSettings  # noqa: E402
 from senca.training.losses import reconstruction_loss  # noqa: E402
+from senca.training.optim import AdamW  # noqa: E402
 
 
 def step_seconds(model: SENCA, stage: str, steps: int) -> float:
     """Mean seconds of one optimisation step of ``stage`` (``"warmup"`` or ``"shared"``)."""
     module, data = model.module, model.data
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    optimizer = AdamW(module.parameters(), lr=1e-3)
 
     def loss() -> torch.Tensor:
         if stage == "warmup":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -468,19 +469,26 @@ def test_resnet_features_do_not_depend_on_image_threads(patch_px):
         SencaConfig(image_num_threads=0)
 
 
-def test_loading_a_resnet_model_does_not_import_torchdynamo(tmp_path):
-    # The process that gathers the restarts loads three models; drawing their ResNet weights on
-    # the meta device used to import TorchDynamo there (about 1.5 s), which nothing else needs.
-    a = grid_adata(side=6)
-    patches = np.random.default_rng(0).integers(0, 255, (a.n_obs, 3, 16, 16)).astype(np.uint8)
-    model = SENCA(a, patches=patches, device="cpu", **{**FAST, "epochs_warmup": 1, "epochs_shared": 1, "epochs_regions": 0})
-    model.train(progress_bar=False)
-    model.save(tmp_path / "m", save_anndata=True)
-    code = ("import sys; from senca.model import SENCA; "
-            f"m = SENCA.load({str(tmp_path / 'm')!r}, device='cpu'); "
-            "print(m.module.image_mode, 'torch._dynamo' in sys.modules)")
+def test_training_and_loading_on_one_cpu_thread_do_not_import_torchdynamo(tmp_path):
+    # TorchDynamo costs about 1.5 s to import, in every restart process and in the one that
+    # gathers the restarts; nothing senca does on the CPU needs it (torch.optim and the
+    # deterministic-algorithms flag would import it; a ResNet drawn on the meta device did).
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import numpy as np
+from test_model import FAST, grid_adata
+from senca.model import SENCA
+a = grid_adata(side=6)
+patches = np.random.default_rng(0).integers(0, 255, (a.n_obs, 3, 16, 16)).astype(np.uint8)
+model = SENCA(a, patches=patches, device="cpu", **{{**FAST, "epochs_warmup": 1, "epochs_shared": 1}})
+model.train(progress_bar=False)
+model.save({str(tmp_path / "m")!r}, save_anndata=True)
+loaded = SENCA.load({str(tmp_path / "m")!r}, device="cpu")
+print(loaded.module.image_mode, loaded.n_regions, "torch._dynamo" in sys.modules)
+"""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["resnet", "False"], out.stdout + out.stderr
+    assert out.stdout.split() == ["resnet", str(FAST["n_clusters"]), "False"], out.stdout + out.stderr
 
 
 def test_the_model_layer_imports_neither_scanpy_nor_the_layers_above():

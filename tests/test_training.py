@@ -12,6 +12,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from senca.model import SENCA, SencaConfig, SencaModule
 from senca.training import (
+    AdamW,
     PatchAugmenter,
     SencaData,
     SubgraphSampler,
@@ -159,6 +160,51 @@ def test_sampler_covers_every_seed_once_with_bounded_subgraphs():
     assert max(b.nodes.numel() for b in batches) <= 20 * 13 < adata.n_obs / 4
     for b in batches:
         assert b.edge_index.max() < b.nodes.numel()
+
+
+def test_whole_section_batch_reads_per_spot_tensors_without_copying():
+    adata = grid(side=6)
+    ei = edges_of(adata)
+    [whole] = list(SubgraphSampler(ei, adata.n_obs, num_hops=2).batches())
+    values = torch.randn(adata.n_obs, 3)
+    assert whole.whole and whole.rows(values) is values and whole.rows(values, local=True) is values
+    # A block: the seeds' rows, by global index or within the block's nodes.
+    block = SubgraphSampler(ei, adata.n_obs, num_hops=2, batch_size=5).subgraph(torch.tensor([7, 3, 20]))
+    assert not block.whole
+    assert torch.equal(block.rows(values), values[[7, 3, 20]])
+    assert torch.equal(block.rows(values[block.nodes], local=True), values[[7, 3, 20]])
+
+
+def test_adamw_is_torchs_foreach_adamw_bit_for_bit():
+    # Parameters that first get gradients later (a stage that starts using them) and a group
+    # added mid-way (the region centres) count their own steps, as in torch.optim.
+    def run(own: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        first, second = torch.nn.Linear(7, 5), torch.nn.Linear(5, 3)
+        centres = torch.nn.Parameter(torch.randn(4, 3))
+        params = [*first.parameters(), *second.parameters()]
+        start = [p.detach().clone() for p in [*params, centres]]
+        if own:
+            opt = AdamW(params, lr=1e-2, weight_decay=1e-2)
+        else:
+            opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-2, foreach=True)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(30):
+            if step == 15:
+                opt.add_param_group([centres] if own else {"params": [centres]})
+            h = first(torch.randn(16, 7, generator=generator))
+            out = second(h) if step >= 5 else h[:, :3]
+            loss = out.pow(2).mean() + (centres.pow(2).sum() if step >= 15 else 0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert not any(torch.equal(a, p) for a, p in zip(start, [*params, centres]))  # every one moved
+        return [p.detach().clone() for p in [*params, centres]]
+
+    ours, theirs = run(own=True), run(own=False)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    with pytest.raises(ValueError, match="more than one group"):
+        AdamW(ours[:1], lr=1e-3).add_param_group(ours[:1])
 
 
 def test_contiguous_blocks_keep_the_halo_to_the_rim():

@@ -25,10 +25,8 @@ import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
-# What senca's worker processes import: the pipeline, and through it torch and the model; and
-# the module torch.use_deterministic_algorithms imports on its first call (it loads TorchDynamo,
-# about 1.7 CPU seconds that every restart process would otherwise spend again).
-WORKER_MODULES = ("senca.pipeline", "torch._inductor.config")
+# What senca's worker processes import: the pipeline, and through it torch and the model.
+WORKER_MODULES = ("senca.pipeline",)
 
 
 def pid_alive(pid: int) -> bool:

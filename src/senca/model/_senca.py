@@ -54,15 +54,25 @@ def _obs_hash(adata: AnnData) -> str:
 
 
 @contextlib.contextmanager
-def _compute_settings(num_threads: int | None):
-    """Deterministic kernels and the configured intra-op threads for one call; restored after."""
+def _compute_settings(num_threads: int | None, device: torch.device):
+    """The configured intra-op threads for one call, with deterministic kernels where they are needed; restored after.
+
+    Kernels run in parallel on CUDA and on several CPU threads, where some (scatter-adds, the
+    gradient of indexing) would sum in an order that varies between runs. On one CPU thread
+    every kernel runs in order, so the flag is left alone there: setting it imports TorchDynamo
+    (about 1.5 s) in every process that trains.
+    """
+    threads = num_threads or torch.get_num_threads()
+    needed = device.type != "cpu" or threads > 1
     previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if needed:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        with intra_op_threads(num_threads or torch.get_num_threads()):
+        with intra_op_threads(threads):
             yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        if needed:
+            torch.use_deterministic_algorithms(previous)
 
 
 def _st_input(adata: AnnData, pca_key: str, n_pcs: int | None = None) -> np.ndarray:
@@ -308,7 +318,7 @@ class SENCA:
         if changes:
             self.config = self.config.replace(**changes)
             self.module.config = self.config
-        with _compute_settings(self.config.num_threads):
+        with _compute_settings(self.config.num_threads, self.device):
             torch.manual_seed(self.config.seed)
             trainer = StagedTrainer(self.module, self.data, self.config, self.device, progress_bar)
             self.history = trainer.fit()
@@ -324,7 +334,7 @@ class SENCA:
 
     def get_latent_representation(self) -> np.ndarray:
         """Fused embedding ``X_senca`` of every spot, ``(n_obs, embedding_dim)`` float32."""
-        with _compute_settings(self.config.num_threads):
+        with _compute_settings(self.config.num_threads, self.device):
             z = embed(self.module, self.data, make_sampler(self.module, self.data, self.config), self.device)
         return z.numpy()
 
@@ -344,7 +354,7 @@ class SENCA:
         if not self.module.has_image:
             raise SencaInputError("SENCA: the model has no image branch (use_image=False or no image given)")
         if self.data.image_features is None:
-            with _compute_settings(self.config.num_threads), intra_op_threads(self.config.image_num_threads):
+            with _compute_settings(self.config.num_threads, self.device), intra_op_threads(self.config.image_num_threads):
                 features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
         else:
             features = self.data.image_features

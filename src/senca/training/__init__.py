@@ -9,10 +9,12 @@ from senca.training.losses import (
     reconstruction_loss,
     student_t_assignment,
 )
+from senca.training.optim import AdamW
 from senca.training.sampler import SubgraphBatch, SubgraphSampler
 from senca.training.trainer import SencaData, StagedTrainer, embed, stage_plan
 
 __all__ = [
+    "AdamW",
     "PatchAugmenter",
     "reconstruction_loss",
     "nt_xent",

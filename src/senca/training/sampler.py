@@ -34,11 +34,22 @@ class SubgraphBatch:
         ``(2, E_sub)`` edges among ``nodes``, relabelled to ``0..len(nodes)-1``.
     seeds
         Local indices (into ``nodes``) of the seed spots that carry the loss.
+    whole
+        The batch is the whole section in order (``nodes`` and ``seeds`` are ``0..n-1``), so
+        indexing a per-spot tensor by them would only copy it.
     """
 
     nodes: torch.Tensor
     edge_index: torch.Tensor
     seeds: torch.Tensor
+    whole: bool = False
+
+    def rows(self, values: torch.Tensor, local: bool = False) -> torch.Tensor:
+        """The rows of a per-spot tensor for this batch's seeds: of the section's ``values`` by
+        global index, or (``local``) of a tensor over the batch's ``nodes``."""
+        if self.whole:
+            return values
+        return values[self.seeds] if local else values[self.nodes[self.seeds]]
 
 
 def _spread_bits(v: np.ndarray) -> np.ndarray:
@@ -123,7 +134,8 @@ class SubgraphSampler:
     def subgraph(self, seeds: torch.Tensor) -> SubgraphBatch:
         """The k-hop subgraph around global ``seeds``: O(edges of the subgraph), not of the section."""
         if self.full_batch and seeds.numel() == self.n_nodes:
-            return SubgraphBatch(torch.arange(self.n_nodes), self.edge_index, seeds)
+            nodes = torch.arange(self.n_nodes)
+            return SubgraphBatch(nodes, self.edge_index, seeds, whole=torch.equal(seeds, nodes))
         seed_array = seeds.numpy()
         inside = np.zeros(self.n_nodes, dtype=bool)
         inside[seed_array] = True

@@ -39,6 +39,7 @@ from senca.graph.autocorrelation import coherent_features
 from senca.graph.ops import add_self_loops, edge_index_to_scipy, scatter_sum
 from senca.training.augment import PatchAugmenter, patches_to_tensor
 from senca.training.losses import dec_loss, dec_target, neighbour_info_nce, nt_xent, reconstruction_loss
+from senca.training.optim import AdamW
 from senca.training.sampler import SubgraphSampler
 
 if TYPE_CHECKING:
@@ -120,11 +121,13 @@ def stage_plan(config: SencaConfig) -> list[tuple[str, int]]:
 
 
 def spot_image_features(
-    module: SencaModule, data: SencaData, nodes: torch.Tensor, device: torch.device, grad: bool
+    module: SencaModule, data: SencaData, nodes: torch.Tensor | None, device: torch.device, grad: bool
 ) -> torch.Tensor | None:
-    """Image features of ``nodes``: precomputed / cached ones, else the ResNet on their patches."""
+    """Image features of ``nodes`` (``None``: every spot): precomputed / cached ones, else the ResNet on their patches."""
     if data.image_features is not None:
-        return data.image_features[nodes].to(device)
+        return (data.image_features if nodes is None else data.image_features[nodes]).to(device)
+    if nodes is None:
+        nodes = torch.arange(data.n_obs)
     if module.resnet is None:
         return None
     if grad:
@@ -197,10 +200,7 @@ class StagedTrainer:
         self.augmenter = PatchAugmenter(config.aug_crop_scale, config.aug_jitter)
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
-        # foreach: one kernel per update over all parameters instead of a Python loop of small
-        # ones per parameter (torch's default on the CPU); the same arithmetic, bit for bit.
-        self.optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                           foreach=True)
+        self.optimizer = AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.dec_targets: torch.Tensor | None = None
         self.image_columns: torch.Tensor | None = None
         self.image_target: torch.Tensor | None = None
@@ -214,7 +214,7 @@ class StagedTrainer:
         return self.module.resnet is not None and self.data.image_features is None
 
     def _step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.module.parameters(), 5.0, foreach=True)
         self.optimizer.step()
@@ -328,7 +328,7 @@ class StagedTrainer:
         else:
             centres = KMeans(k, n_init=10, random_state=cfg.seed).fit(z).cluster_centers_
         self.module.init_centres(torch.as_tensor(centres, dtype=torch.float32), mean, std)
-        self.optimizer.add_param_group({"params": [self.module.centres]})
+        self.optimizer.add_param_group([self.module.centres])
         logger.info("initialised %d region centres by %s", k, cfg.dec_init)
 
     def _refresh_dec_targets(self) -> None:
@@ -338,36 +338,37 @@ class StagedTrainer:
 
     def _graph_losses(self, stage: str, batch) -> dict[str, torch.Tensor]:
         cfg, dev, m = self.config, self.device, self.module
-        x = self.data.x[batch.nodes].to(dev)
+        x = (self.data.x if batch.whole else self.data.x[batch.nodes]).to(dev)
         ei = batch.edge_index.to(dev)
         seeds = batch.seeds.to(dev)
-        target = self.data.target[batch.nodes[batch.seeds]].to(dev)
+        target = batch.rows(self.data.target).to(dev)
         losses: dict[str, torch.Tensor] = {}
         if stage == "warmup":
             if not cfg.vanilla_contrastive:
                 h_g = m.encode_gene(x, ei)
-                losses["recon"] = cfg.w_recon * reconstruction_loss(m.gene_decoder(h_g[seeds]), target)
+                losses["recon"] = cfg.w_recon * reconstruction_loss(m.gene_decoder(batch.rows(h_g, local=True)), target)
             return losses
         # Only after the warm-up: the ResNet is the costly part and stage 1 does not use it here.
-        out = m(x, ei, spot_image_features(m, self.data, batch.nodes, dev, grad=True))
+        out = m(x, ei, spot_image_features(m, self.data, None if batch.whole else batch.nodes, dev, grad=True))
         negatives = torch.randperm(x.shape[0], generator=self.generator)[: cfg.n_negatives].to(dev)
         if stage == "contrastive":
             losses["contrast"] = neighbour_info_nce(out["z_g"], out["z_i"], seeds, None, negatives, cfg.temperature, 0.0)
             return losses
-        losses["recon"] = cfg.w_recon * reconstruction_loss(m.gene_decoder(out["z_g"][seeds]), target)
-        losses["recon_fused"] = cfg.w_recon_fused * reconstruction_loss(m.fused_decoder(out["embedding"][seeds]), target)
+        losses["recon"] = cfg.w_recon * reconstruction_loss(m.gene_decoder(batch.rows(out["z_g"], local=True)), target)
+        losses["recon_fused"] = cfg.w_recon_fused * reconstruction_loss(m.fused_decoder(batch.rows(out["embedding"], local=True)), target)
         if m.has_image and cfg.w_recon_image > 0:
             # z_i is decoded by the gene decoder too (one shared space): the image stream must
             # carry what in the image predicts expression, not image structure alone.
-            losses["recon_image"] = cfg.w_recon_image * reconstruction_loss(m.gene_decoder(out["z_i"][seeds]), target)
+            losses["recon_image"] = cfg.w_recon_image * reconstruction_loss(m.gene_decoder(batch.rows(out["z_i"], local=True)), target)
         if m.has_image and cfg.w_recon_image_features > 0:
             # Spot level, image side: the fused embedding keeps what the image tells (e.g. two
             # tissues with the same expression but different morphology), not only expression.
             # Only the rows of the decoder that predict the features read: the others are never
             # compared with anything, yet cost a product with every image feature on every step.
             cols = self.image_columns.to(dev)
-            pred = torch.nn.functional.linear(out["embedding"][seeds], m.image_decoder.weight[cols], m.image_decoder.bias[cols])
-            image_target = self.image_target[batch.nodes[batch.seeds]].to(dev)
+            pred = torch.nn.functional.linear(batch.rows(out["embedding"], local=True), m.image_decoder.weight[cols],
+                                              m.image_decoder.bias[cols])
+            image_target = batch.rows(self.image_target).to(dev)
             losses["recon_image_features"] = cfg.w_recon_image_features * (
                 (pred - image_target).pow(2).sum(-1).mean() / self.image_target_scale
             )
@@ -377,8 +378,8 @@ class StagedTrainer:
                 out["z_g"], out["z_i"], seeds, ei, negatives, cfg.temperature, cfg.neighbour_positive_weight
             )
         if stage == "regions":
-            q = m.soft_assignment(out["embedding"][seeds])
-            p = self.dec_targets[batch.nodes[batch.seeds]].to(dev)
+            q = m.soft_assignment(batch.rows(out["embedding"], local=True))
+            p = batch.rows(self.dec_targets).to(dev)
             losses["dec"] = cfg.w_dec * dec_loss(q, p)
         return losses
 
