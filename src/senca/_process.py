@@ -25,8 +25,9 @@ import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
-# What senca's worker processes import: the pipeline, and through it torch and the model.
-WORKER_MODULES = ("senca.pipeline",)
+# What senca's restart processes import: the model, and through it torch (not the pipeline:
+# scanpy and the plots would make every run wait about a second longer for the server).
+WORKER_MODULES = ("senca.model.restarts",)
 
 
 def pid_alive(pid: int) -> bool:

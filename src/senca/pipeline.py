@@ -12,7 +12,6 @@ import os
 import pickle
 import resource
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -27,7 +26,7 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from senca import io
-from senca._process import (WORKER_MODULES, array_bytes, available_memory, die_with_parent, owned_prefix,
+from senca._process import (WORKER_MODULES, array_bytes, available_memory, owned_prefix,
                             remove_dead_runs, start_worker_server, usable_cores, worker_context,
                             worker_server_started, workers_may_start)
 from senca.clustering import cluster, consensus_labels
@@ -37,6 +36,7 @@ from senca.graph import section_codes, spatial_graph
 from senca.image import extract_patches, section_image
 from senca.model import SENCA
 from senca.model._senca import resolve_device
+from senca.model.restarts import init_restart_worker, load_restart, save_restart, train_restart, train_restart_in_worker
 from senca.plotting import store_styles
 from senca.preprocessing import preprocess
 from senca.settings import RunSettings
@@ -48,7 +48,6 @@ REGION_KEY = "senca_region"
 # Seed of restart r: seed + r * step, so restarts of seeds 0, 1, 2 never share a seed.
 _RESTART_SEED_STEP = 1000
 _RESTARTS_STEM = "senca-restarts-"
-_EMBEDDING_FILE = "embedding.npy"
 #: ``(adata, config, seeds, patches, image_features, device) -> [(model, embedding)]``, see :func:`run_section`.
 RestartTrainer = Callable[..., list[tuple[SENCA, np.ndarray]]]
 # Below this many spots a restart takes about as long as starting the fork server (or spawning
@@ -135,22 +134,6 @@ def _affordable_jobs(jobs: int, adata: ad.AnnData, patches, image_features) -> i
     return affordable
 
 
-def _train_one(adata: ad.AnnData, config, patches, image_features, device: str, progress: bool) -> SENCA:
-    model = SENCA(adata, config=config, patches=patches, image_features=image_features, device=device)
-    model.train(progress_bar=progress)
-    return model
-
-
-def _save_restart(model: SENCA, folder: Path) -> None:
-    model.save(folder)
-    np.save(folder / _EMBEDDING_FILE, model.get_latent_representation())
-
-
-def _load_restart(folder: Path, adata: ad.AnnData, image_features, device: str) -> tuple[SENCA, np.ndarray]:
-    # The saved model keeps the image features, so the ResNet need not run again.
-    return SENCA.load(folder, adata, image_features=image_features, device=device), np.load(folder / _EMBEDDING_FILE)
-
-
 def train_restart_files(adata: ad.AnnData, config, patches, image_features, device: str) -> dict[str, bytes]:
     """Train one restart of :func:`run_section` and return its saved model as ``{file name: bytes}``.
 
@@ -158,9 +141,9 @@ def train_restart_files(adata: ad.AnnData, config, patches, image_features, devi
     files travel back in memory, so no shared file system is needed.
     :func:`restarts_from_files` turns them back into models.
     """
-    model = _train_one(adata, config, patches, image_features, device, progress=False)
+    model = train_restart(adata, config, patches, image_features, device, progress=False)
     with tempfile.TemporaryDirectory(prefix=owned_prefix(_RESTARTS_STEM)) as tmp:
-        _save_restart(model, Path(tmp))
+        save_restart(model, Path(tmp))
         return {path.name: path.read_bytes() for path in Path(tmp).iterdir()}
 
 
@@ -174,26 +157,8 @@ def restarts_from_files(saved: list[dict[str, bytes]], adata: ad.AnnData, image_
             folder.mkdir()
             for name, blob in files.items():
                 (folder / name).write_bytes(blob)
-            out.append(_load_restart(folder, adata, image_features, device))
+            out.append(load_restart(folder, adata, image_features, device))
     return out
-
-
-def _init_restart_worker(parent: int, via_server: bool) -> None:
-    """Restart process initializer: die with ``parent``; a thread lock for tqdm.
-
-    tqdm otherwise makes a multiprocessing lock, a named semaphore in a forked-from-server
-    process, which a worker terminated mid-training would leave for the resource tracker to
-    warn about; the workers show no progress bars.
-    """
-    die_with_parent(parent, via_server=via_server)
-    tqdm.set_lock(threading.RLock())
-
-
-def _train_in_worker(inputs: str, config, folder: str) -> None:
-    """One restart in a child process: read the inputs, train, save the model and embedding to ``folder``."""
-    with open(inputs, "rb") as f:
-        adata, patches, image_features = pickle.load(f)
-    _save_restart(_train_one(adata, config, patches, image_features, "cpu", progress=False), Path(folder))
 
 
 def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_features, device: str, jobs: int,
@@ -216,7 +181,7 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
         for i, seed in enumerate(seeds):
             start = time.perf_counter()
             logger.info("training restart %d/%d (seed %d)", i + 1, len(seeds), seed)
-            model = _train_one(adata, config.replace(seed=seed), patches, image_features, device, progress)
+            model = train_restart(adata, config.replace(seed=seed), patches, image_features, device, progress)
             out.append((model, model.get_latent_representation()))
             logger.info("restart %d/%d trained: %.1f s", i + 1, len(seeds), time.perf_counter() - start)
         return out
@@ -224,7 +189,7 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
     remove_dead_runs(Path(tempfile.gettempdir()), _RESTARTS_STEM)
     with tempfile.TemporaryDirectory(prefix=owned_prefix(_RESTARTS_STEM)) as tmp:
         context = worker_context(WORKER_MODULES)
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_restart_worker,
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=init_restart_worker,
                                    initargs=(os.getpid(), context.get_start_method() == "forkserver"))
         try:
             inputs = Path(tmp) / "inputs.pickle"
@@ -233,7 +198,7 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
             folders = [Path(tmp) / f"restart-{seed}" for seed in seeds]
             # The ResNet passes take the process's share of the cores, not all of them.
             share = config.image_num_threads or max(1, usable_cores() // jobs)
-            futures = [pool.submit(_train_in_worker, str(inputs), config.replace(seed=seed, image_num_threads=share), str(folder))
+            futures = [pool.submit(train_restart_in_worker, str(inputs), config.replace(seed=seed, image_num_threads=share), str(folder))
                        for seed, folder in zip(seeds, folders)]
             for future in tqdm(futures, desc="restarts", unit="run", disable=not progress):
                 future.result()
@@ -247,7 +212,7 @@ def _train_restarts(adata: ad.AnnData, config, seeds: list[int], patches, image_
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        return [_load_restart(folder, adata, image_features, device) for folder in folders]
+        return [load_restart(folder, adata, image_features, device) for folder in folders]
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

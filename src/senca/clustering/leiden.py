@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import igraph
-import leidenalg
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
@@ -40,6 +38,11 @@ def leiden_partition(graph: sp.spmatrix, resolution: float, seed: int = 0) -> np
     Integer community id per node (leidenalg's numbering).
     """
     upper = sp.triu(graph, k=1).tocoo()
+    # Imported here: igraph loads matplotlib's pyplot (about 0.6 s), which every process that
+    # imports senca's clustering (the restart processes included) would pay without using Leiden.
+    import igraph
+    import leidenalg
+
     g = igraph.Graph(n=graph.shape[0], edges=np.column_stack([upper.row, upper.col]).tolist())
     part = leidenalg.find_partition(
         g,
