@@ -74,7 +74,8 @@ def _layout(adata: ad.AnnData, library_id: str | None = None):
 
 def _spot_size_points(ax, diameter_data: float) -> float:
     """Marker area (points^2) that draws a circle ``diameter_data`` data units across."""
-    ax.figure.canvas.draw()
+    # The layout settles the axes' size; rendering it (the H&E image included) is not needed.
+    ax.figure.draw_without_rendering()
     x0, x1 = ax.get_xlim()
     width_px = ax.get_window_extent().width
     points = diameter_data * width_px / abs(x1 - x0) * 72.0 / ax.figure.dpi
