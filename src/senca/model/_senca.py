@@ -355,7 +355,7 @@ class SENCA:
             raise SencaInputError("SENCA: the model has no image branch (use_image=False or no image given)")
         if self.data.image_features is None:
             with _compute_settings(self.config.num_threads, self.device), intra_op_threads(self.config.image_num_threads):
-                features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
+                features = spot_image_features(self.module, self.data, None, self.device, grad=False).cpu()
         else:
             features = self.data.image_features
         return features[:, self.module.image_keep.cpu() > 0].numpy()
@@ -486,7 +486,7 @@ class SENCA:
         obj.module.to(obj.device).eval()
         if mode == "resnet" and data.image_features is None:
             # Recompute the frozen features once, as training did after the warm-up.
-            data.image_features = spot_image_features(obj.module, data, torch.arange(data.n_obs), obj.device, grad=False).cpu()
+            data.image_features = spot_image_features(obj.module, data, None, obj.device, grad=False).cpu()
         obj.history = {k: pd.DataFrame(v) for k, v in attrs["history"].items()}
         obj.is_trained = attrs["is_trained"]
         obj.k_selection = attrs.get("k_selection")

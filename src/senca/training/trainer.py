@@ -272,7 +272,7 @@ class StagedTrainer:
         self._recalibrate_batchnorm()
         self.module.resnet.eval()
         with intra_op_threads(self.config.image_num_threads):
-            raw = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False)
+            raw = spot_image_features(self.module, self.data, None, self.device, grad=False)
         self.data.image_features = self.module.fit_image_standardisation(raw).cpu()
         for p in list(self.module.resnet.parameters()) + list(self.module.view_head.parameters()):
             p.requires_grad_(False)
@@ -293,7 +293,7 @@ class StagedTrainer:
         "Why the defaults are what they are", "Image features reconstructed as they are").
         """
         cfg = self.config
-        features = spot_image_features(self.module, self.data, torch.arange(self.data.n_obs), self.device, grad=False).cpu()
+        features = spot_image_features(self.module, self.data, None, self.device, grad=False).cpu()
         if cfg.coherence_z is not None:
             graph = edge_index_to_scipy(self.data.edge_index, self.data.n_obs)
             keep = torch.from_numpy(coherent_features(features.numpy(), graph, cfg.coherence_z))
