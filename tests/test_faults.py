@@ -278,3 +278,18 @@ def test_die_with_parent_exits_an_orphan(tmp_path):
                            "from senca._process import die_with_parent; die_with_parent(1, 0.1); time.sleep(30)", str(SRC)],
                           timeout=60).returncode
     assert code == 1
+
+
+def test_restart_server_keeps_its_imports_from_the_collector():
+    """The restart processes' fork server freezes what its imports made, so its exit does not walk
+    them (about a second) while it still holds the caller's output; the caller's objects stay collectable."""
+    script = ("import gc, sys; sys.path.insert(0, sys.argv[1]);"
+              "from concurrent.futures import ProcessPoolExecutor;"
+              "from senca._process import WORKER_MODULES, worker_context;"
+              "pool = ProcessPoolExecutor(1, mp_context=worker_context(WORKER_MODULES));"
+              "print(pool.submit(gc.get_freeze_count).result(), gc.get_freeze_count()); pool.shutdown()")
+    out = subprocess.run([sys.executable, "-c", script, str(SRC)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    in_worker, in_caller = map(int, out.stdout.split())
+    assert in_worker > 10_000  # torch alone makes far more objects than this
+    assert in_caller == 0

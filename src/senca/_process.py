@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # What senca's restart processes import: the model, and through it torch (not the pipeline:
 # scanpy and the plots would make every run wait about a second longer for the server).
-WORKER_MODULES = ("senca.model.restarts",)
+WORKER_MODULES = ("senca._restart_server",)
 
 
 def pid_alive(pid: int) -> bool:
