@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -138,6 +139,10 @@ def test_h5ad_holds_consensus_names_colours_and_loadings(cli_run):
     assert len(adata.uns["senca_region_colors"]) == len(names)
     assert len(adata.uns["label_colors"]) == len(adata.obs["label"].cat.categories)
     assert adata.varm["PCs"].shape == (adata.n_vars, adata.obsm["X_pca"].shape[1])
+    # The log-normalised layer is X, stored once and linked: read back, both are there and equal.
+    assert (adata.layers["lognorm"] != adata.X).nnz == 0 and (adata.layers["counts"] != adata.X).nnz > 0
+    with h5py.File(out / "senca.h5ad", "r") as f:
+        assert f["layers/lognorm"] == f["X"] and f["layers/counts"] != f["X"]
     hvg = adata.var["highly_variable"].to_numpy()
     assert np.abs(adata.varm["PCs"][~hvg]).sum() == 0 and np.abs(adata.varm["PCs"][hvg]).sum() > 0
     loaded = SENCA.load(out / "model")  # --save-model: no AnnData needed
@@ -331,3 +336,15 @@ def test_image_usable_checks_each_section_of_a_multi_section_anndata():
     assert _image_usable(adata, 8.0, library_key="section")
     adata.uns["spatial"]["b"] = library(4.0)  # a Visium lowres image in one of the sections
     assert not _image_usable(adata, 8.0, library_key="section")
+
+
+def test_write_h5ad_stores_a_layer_that_is_x_once(tmp_path):
+    adata = simulate_tissue(n_spots=200, seed=0, image=False)
+    adata.layers["counts"] = adata.X.copy()  # equal values, but a matrix of its own
+    adata.layers["lognorm"] = adata.X
+    senca.io.write_h5ad(adata, tmp_path / "a.h5ad")
+    assert adata.layers["lognorm"] is adata.X and list(adata.layers) == ["counts", "lognorm"]  # left as it was
+    with h5py.File(tmp_path / "a.h5ad", "r") as f:
+        assert f["layers/lognorm"] == f["X"] and f["layers/counts"] != f["X"]
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert (back.layers["lognorm"] != adata.X).nnz == 0 and (back.layers["counts"] != adata.X).nnz == 0

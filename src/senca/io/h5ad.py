@@ -90,7 +90,12 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
     """Write ``adata`` (gzip) after dropping what h5ad cannot store from ``uns`` (``None``
     values; tuples become lists), so that senca's results always save. Only ``uns`` is swapped
     for the write and put back: a copy of the whole AnnData would double the memory of a large
-    section at its last step."""
+    section at its last step.
+
+    A layer that is ``X`` itself (senca's ``layers["lognorm"]``) is stored once: the file's
+    layer is an HDF5 hard link to ``X``, which every reader sees as a layer of its own. Written
+    twice, the matrix took a quarter of the file and of the writing time.
+    """
     def clean(value):
         if isinstance(value, dict):
             return {str(k): clean(v) for k, v in value.items() if v is not None}
@@ -98,8 +103,19 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
             return list(value)
         return value
     original = adata.uns
+    same_as_x = [name for name, layer in adata.layers.items() if layer is adata.X]
     adata.uns = clean(dict(original))
+    for name in same_as_x:
+        del adata.layers[name]
     try:
         adata.write_h5ad(path, compression="gzip")
     finally:
         adata.uns = original
+        for name in same_as_x:
+            adata.layers[name] = adata.X
+    if same_as_x:
+        import h5py
+
+        with h5py.File(path, "r+") as f:
+            for name in same_as_x:
+                f["layers"][name] = f["X"]
