@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 
 from senca.errors import SencaInputError
@@ -102,20 +103,21 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
         if isinstance(value, tuple):
             return list(value)
         return value
-    original = adata.uns
-    same_as_x = [name for name, layer in adata.layers.items() if layer is adata.X]
-    adata.uns = clean(dict(original))
+    original_uns, original_layers = adata.uns, dict(adata.layers)
+    same_as_x = [name for name, layer in original_layers.items() if layer is adata.X]
+    adata.uns = clean(dict(original_uns))
     for name in same_as_x:
         del adata.layers[name]
     try:
         adata.write_h5ad(path, compression="gzip")
     finally:
-        adata.uns = original
-        for name in same_as_x:
-            adata.layers[name] = adata.X
+        adata.uns = original_uns
+        if same_as_x:  # the same matrices, in their order (assigning a layer does not copy it)
+            for name in list(adata.layers):
+                del adata.layers[name]
+            for name, layer in original_layers.items():
+                adata.layers[name] = layer
     if same_as_x:
-        import h5py
-
         with h5py.File(path, "r+") as f:
             for name in same_as_x:
                 f["layers"][name] = f["X"]

@@ -1,9 +1,9 @@
 """One training restart of SENCA: trained here or in a restart process, saved to a folder and back.
 
 The restart processes of :func:`senca.pipeline.run_section` fork from a server that imports
-this module (through ``senca._process.WORKER_MODULES``): it needs the model and nothing of the pipeline
-above it (scanpy, the plots), which would make every run wait about a second longer for the
-server.
+this module (through ``senca._process.WORKER_MODULES``): it needs the model and nothing of the
+pipeline above it (scanpy, the plots), which would make every run wait about a second longer
+for the server.
 """
 
 from __future__ import annotations
