@@ -20,6 +20,7 @@ from PIL import Image
 
 import senca.io as io
 from senca.errors import SencaInputError
+from senca.io._tables import read_number_table, read_table
 from senca.io.image import read_image, to_uint8_rgb
 from test_io_errors import write_st, write_visium
 
@@ -342,3 +343,40 @@ def test_damaged_tiff_is_an_input_error(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(SencaInputError, match=r"img\.tiff: cannot read the H&E image"):
         read_image(path)
+
+
+def test_wide_counts_table_parsed_as_one_column_reads_as_pandas(tmp_path):
+    """The fast reader of tab-separated counts gives pandas' table: values, spot ids, genes."""
+    rng = np.random.default_rng(0)
+    values = rng.poisson(2.0, (40, 300)).astype(float)
+    values[0, :3] = (1.5, 2e3, 0.25)
+    genes = [f"G{i}" for i in range(300)]
+    lines = ["spot\t" + "\t".join(genes)] + [f"{i}x{i + 1}\t" + "\t".join(f"{v:g}" for v in row) for i, row in enumerate(values)]
+    path = tmp_path / "S.tsv.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    fast = read_number_table(path, "counts table")
+    slow = read_table(path, "counts table", index_col=0)
+    assert fast is not None
+    np.testing.assert_array_equal(fast.to_numpy(np.float32), slow.to_numpy(np.float32))
+    assert list(fast.index) == list(slow.index) and fast.index.name == slow.index.name == "spot"
+    assert list(fast.columns) == list(slow.columns) == genes
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace("\tG1\t", '\t"G1"\t'),            # quoted names
+    lambda t: t.replace("\tG2\t", "\tG1\t"),              # duplicate gene (pandas renames it)
+    lambda t: t.replace("\n1x2\t", "\n1x2\tNA\t", 1),     # a missing value
+    lambda t: t.replace("\t", "\t\t", 1),                 # an empty header field
+    lambda t: t.replace("\n", "\r\n"),                    # Windows line ends
+    lambda t: "\n".join(line + "\t" if i == 2 else line for i, line in enumerate(t.split("\n"))),  # trailing tab
+    lambda t: "\n".join(line.split("\t", 1)[1] if i == 0 else line for i, line in enumerate(t.split("\n"))),  # R's header
+    lambda t: t.replace("\n0x1\t", "\n0x1\t5\t", 1).replace("\n1x2\t5\t", "\n1x2\t", 1),  # ragged rows, same total
+    lambda t: "\n".join(line if i == 0 else f"0{i}" + line[line.index("\t"):] for i, line in enumerate(t.split("\n")) if line),  # numeric ids
+])
+def test_counts_tables_the_fast_reader_leaves_to_pandas(tmp_path, edit):
+    """Anything the one-column parse could misread goes to pandas' reader and its errors."""
+    genes = "\t".join(f"G{i}" for i in range(4))
+    text = f"spot\t{genes}\n" + "".join(f"{i}x{i + 1}\t5\t{i}\t1\t0\n" for i in range(3))
+    path = tmp_path / "S.tsv"
+    path.write_text(edit(text))
+    assert read_number_table(path, "counts table") is None

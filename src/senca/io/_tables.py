@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import zlib
 from pathlib import Path
@@ -46,6 +47,56 @@ def read_table(path: str | Path, what: str, **kwargs) -> pd.DataFrame:
     if table.shape[0] == 0:
         raise SencaInputError(f"{path}: the {what} has no rows (expected one row per spot)")
     return table
+
+
+# The bytes a plain decimal number is written with.
+_NUMBER_BYTES = b"0123456789.-+eE"
+
+
+def read_number_table(path: str | Path, what: str) -> pd.DataFrame | None:
+    """A tab-separated table of decimal numbers with a header and row names, or ``None``.
+
+    pandas parses a table of many columns slowly (about 0.8 s for the 346 x 15,045 counts of a
+    legacy ST section, for 0.03 s of decompression): every column is a parser column of its own.
+    Here the values are parsed as one long column by the same parser, so the numbers are the
+    ones :func:`read_table` gives (``index_col=0``). Only a table this cannot misread is taken:
+    for anything else (quotes, missing values, duplicate or empty names, ragged rows,
+    Windows line ends) it returns ``None``, and :func:`read_table`, whose errors name the
+    problem, is the reader.
+    """
+    path = require_file(path, what)
+    if path.name.lower().removesuffix(".gz").endswith(".csv"):
+        return None
+    try:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+            raw = f.read()
+        lines = raw.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        if len(lines) < 2 or any(b in raw for b in (b"\x00", b"\r", b'"', b"\xef\xbb\xbf")):
+            return None
+        header = lines[0].decode().split("\t")
+        rows = [line.split(b"\t", 1) for line in lines[1:]]
+        if any(len(row) != 2 or row[1].count(b"\t") != len(header) - 2 for row in rows):
+            return None
+        body = b"\n".join(row[1] for row in rows)
+        if body.translate(None, _NUMBER_BYTES + b"\t\n") or b"\t\t" in body:
+            return None
+        # pandas would read row names that all look like numbers as numbers ("01" as 1).
+        if all(not row[0].translate(None, _NUMBER_BYTES) for row in rows):
+            return None
+        names = [row[0].decode() for row in rows]
+        genes = header[1:]
+        if not all(genes) or len(set(genes)) != len(genes):
+            return None
+        values = pd.read_csv(io.BytesIO(body.replace(b"\t", b"\n")), header=None, skip_blank_lines=False,
+                             dtype=np.float64, engine="c").to_numpy()
+    except (ValueError, UnicodeDecodeError, OSError, EOFError, zlib.error):
+        return None
+    if np.isnan(values).any():
+        return None
+    return pd.DataFrame(values.reshape(len(names), len(genes)), index=pd.Index(names, name=header[0] or None),
+                        columns=pd.Index(genes))
 
 
 def _holds_nul(path: Path) -> bool:

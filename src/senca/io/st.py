@@ -27,6 +27,7 @@ from senca.io._tables import (
     checked_coordinates,
     checked_integers,
     numeric_column,
+    read_number_table,
     read_table,
     require_columns,
     require_joined,
@@ -56,7 +57,9 @@ def _spot_ids(table: pd.DataFrame, path: Path, what: str, round_xy: bool) -> pd.
 
 
 def _read_counts(path: Path) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
-    table = read_table(path, "counts table", index_col=0)
+    table = read_number_table(path, "counts table")
+    if table is None:
+        table = read_table(path, "counts table", index_col=0)
     if table.shape[1] == 0:
         raise SencaInputError(f"{path}: counts table has no gene columns (expected spots x genes)")
     spots = pd.Index(table.index.astype(str))
