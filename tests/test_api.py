@@ -350,3 +350,19 @@ def test_write_h5ad_stores_a_layer_that_is_x_once(tmp_path):
         assert f["layers/lognorm"] == f["X"] and f["layers/counts"] != f["X"]
     back = ad.read_h5ad(tmp_path / "a.h5ad")
     assert (back.layers["lognorm"] != adata.X).nnz == 0 and (back.layers["counts"] != adata.X).nnz == 0
+
+
+def test_write_h5ad_leaves_dense_embeddings_uncompressed(tmp_path):
+    adata = simulate_tissue(n_spots=200, seed=0, image=False)
+    adata.obsm["X_senca"] = embedding = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
+    adata.obsm["counts_sum"] = np.arange(200)[:, None]  # integers: compressed as before
+    before = list(adata.obsm)
+    senca.io.write_h5ad(adata, tmp_path / "a.h5ad")
+    assert list(adata.obsm) == before and adata.obsm["X_senca"] is embedding
+    with h5py.File(tmp_path / "a.h5ad", "r") as f:
+        assert f["obsm/X_senca"].compression is None and f["obsm/spatial"].compression is None
+        assert f["obsm/counts_sum"].compression == "gzip" and f["X/data"].compression == "gzip"
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert set(back.obsm) == set(before)
+    np.testing.assert_array_equal(back.obsm["X_senca"], embedding)
+    np.testing.assert_array_equal(back.obsm["spatial"], adata.obsm["spatial"])

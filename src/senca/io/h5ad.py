@@ -8,6 +8,7 @@ from pathlib import Path
 import anndata as ad
 import h5py
 import numpy as np
+from anndata.io import write_elem
 
 from senca.errors import SencaInputError
 from senca.io._tables import checked_coordinates, require_file, require_unique, validate_counts
@@ -95,7 +96,10 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
 
     A layer that is ``X`` itself (senca's ``layers["lognorm"]``) is stored once: the file's
     layer is an HDF5 hard link to ``X``, which every reader sees as a layer of its own. Written
-    twice, the matrix took a quarter of the file and of the writing time.
+    twice, the matrix took a quarter of the file and of the writing time. Dense floating-point
+    ``obsm`` arrays (PCs, embeddings, UMAP) are stored uncompressed: their low bits are noise,
+    so gzip saved little of them for much of the writing time (measurements:
+    benchmarks/README.md, "Reading and writing (exact changes)").
     """
     def clean(value):
         if isinstance(value, dict):
@@ -103,21 +107,31 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
         if isinstance(value, tuple):
             return list(value)
         return value
-    original_uns, original_layers = adata.uns, dict(adata.layers)
+    original_uns, original_layers, original_obsm = adata.uns, dict(adata.layers), dict(adata.obsm)
     same_as_x = [name for name, layer in original_layers.items() if layer is adata.X]
+    uncompressed = [key for key, value in original_obsm.items()
+                    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)]
     adata.uns = clean(dict(original_uns))
     for name in same_as_x:
         del adata.layers[name]
+    for key in uncompressed:
+        del adata.obsm[key]
     try:
         adata.write_h5ad(path, compression="gzip")
     finally:
         adata.uns = original_uns
-        if same_as_x:  # the same matrices, in their order (assigning a layer does not copy it)
-            for name in list(adata.layers):
-                del adata.layers[name]
-            for name, layer in original_layers.items():
-                adata.layers[name] = layer
-    if same_as_x:
-        with h5py.File(path, "r+") as f:
-            for name in same_as_x:
-                f["layers"][name] = f["X"]
+        # The same arrays, in their order (assigning one does not copy it).
+        _restore(adata.layers, original_layers)
+        _restore(adata.obsm, original_obsm)
+    with h5py.File(path, "r+") as f:
+        for name in same_as_x:
+            f["layers"][name] = f["X"]
+        for key in uncompressed:
+            write_elem(f.require_group("obsm"), key, original_obsm[key])
+
+
+def _restore(mapping, items: dict) -> None:
+    for key in list(mapping):
+        del mapping[key]
+    for key, value in items.items():
+        mapping[key] = value
