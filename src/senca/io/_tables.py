@@ -56,10 +56,10 @@ _NUMBER_BYTES = b"0123456789.-+eE"
 def read_number_table(path: str | Path, what: str) -> pd.DataFrame | None:
     """A tab-separated table of decimal numbers with a header and row names, or ``None``.
 
-    pandas parses a table of many columns slowly (about 0.8 s for the 346 x 15,045 counts of a
-    legacy ST section, for 0.03 s of decompression): every column is a parser column of its own.
-    Here the values are parsed as one long column by the same parser, so the numbers are the
-    ones :func:`read_table` gives (``index_col=0``). Only a table this cannot misread is taken:
+    pandas parses a table of many columns slowly, every column a parser column of its own (a
+    legacy ST section has 15,000 genes; measurements: benchmarks/README.md, "Reading and writing
+    (exact changes)"). Here the values are parsed as one long column by the same parser, so the
+    numbers are the ones :func:`read_table` gives (``index_col=0``). Only a table this cannot misread is taken:
     for anything else (quotes, missing values, duplicate or empty names, ragged rows,
     Windows line ends) it returns ``None``, and :func:`read_table`, whose errors name the
     problem, is the reader.
