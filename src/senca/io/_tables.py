@@ -57,12 +57,12 @@ def read_number_table(path: str | Path, what: str) -> pd.DataFrame | None:
     """A tab-separated table of decimal numbers with a header and row names, or ``None``.
 
     pandas parses a table of many columns slowly, every column a parser column of its own (a
-    legacy ST section has 15,000 genes; measurements: benchmarks/README.md, "Reading and writing
-    (exact changes)"). Here the values are parsed as one long column by the same parser, so the
-    numbers are the ones :func:`read_table` gives (``index_col=0``). Only a table this cannot misread is taken:
-    for anything else (quotes, missing values, duplicate or empty names, ragged rows,
-    Windows line ends) it returns ``None``, and :func:`read_table`, whose errors name the
-    problem, is the reader.
+    legacy ST section has 15,000 genes; measurements: benchmarks/README.md, "Reading and
+    writing (exact changes)"). Here the values are parsed as one long column by the same
+    parser, so the numbers are the ones :func:`read_table` gives (``index_col=0``). Only a
+    table this cannot misread is taken: for anything else (quotes, missing values, duplicate or
+    empty names, ragged rows, Windows line ends) it returns ``None``, and :func:`read_table`,
+    whose errors name the problem, is the reader.
     """
     path = require_file(path, what)
     if path.name.lower().removesuffix(".gz").endswith(".csv"):
@@ -70,17 +70,18 @@ def read_number_table(path: str | Path, what: str) -> pd.DataFrame | None:
     try:
         with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
             raw = f.read()
+        if any(b in raw for b in (b"\x00", b"\r", b'"', b"\xef\xbb\xbf")):
+            return None
         lines = raw.split(b"\n")
+        del raw  # the text is held once more at most from here on
         if lines and lines[-1] == b"":
             lines.pop()
-        if len(lines) < 2 or any(b in raw for b in (b"\x00", b"\r", b'"', b"\xef\xbb\xbf")):
+        if len(lines) < 2:
             return None
         header = lines[0].decode().split("\t")
         rows = [line.split(b"\t", 1) for line in lines[1:]]
+        del lines
         if any(len(row) != 2 or row[1].count(b"\t") != len(header) - 2 for row in rows):
-            return None
-        body = b"\n".join(row[1] for row in rows)
-        if body.translate(None, _NUMBER_BYTES + b"\t\n") or b"\t\t" in body:
             return None
         # pandas would read row names that all look like numbers as numbers ("01" as 1).
         if all(not row[0].translate(None, _NUMBER_BYTES) for row in rows):
@@ -89,8 +90,13 @@ def read_number_table(path: str | Path, what: str) -> pd.DataFrame | None:
         genes = header[1:]
         if not all(genes) or len(set(genes)) != len(genes):
             return None
-        values = pd.read_csv(io.BytesIO(body.replace(b"\t", b"\n")), header=None, skip_blank_lines=False,
-                             dtype=np.float64, engine="c").to_numpy()
+        body = b"\n".join(row[1] for row in rows)
+        del rows
+        if body.translate(None, _NUMBER_BYTES + b"\t\n") or b"\t\t" in body:
+            return None
+        body = body.replace(b"\t", b"\n")
+        values = pd.read_csv(io.BytesIO(body), header=None, skip_blank_lines=False, dtype=np.float64,
+                             engine="c").to_numpy()
     except (ValueError, UnicodeDecodeError, OSError, EOFError, zlib.error):
         return None
     if np.isnan(values).any():
