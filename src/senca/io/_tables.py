@@ -34,7 +34,7 @@ def read_table(path: str | Path, what: str, **kwargs) -> pd.DataFrame:
     Files named ``*.csv(.gz)`` are comma-separated, everything else tab-separated.
     """
     path = require_file(path, what)
-    sep = "," if path.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
+    sep = "," if _is_csv(path) else "\t"
     try:
         if _holds_nul(path):  # pandas cuts fields at a NUL byte without a word
             raise SencaInputError(f"{path}: the {what} holds NUL bytes; expected a text table (damaged or binary file?)")
@@ -65,10 +65,10 @@ def read_number_table(path: str | Path, what: str) -> pd.DataFrame | None:
     whose errors name the problem, is the reader.
     """
     path = require_file(path, what)
-    if path.name.lower().removesuffix(".gz").endswith(".csv"):
+    if _is_csv(path):
         return None
     try:
-        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+        with _open_bytes(path) as f:
             raw = f.read()
         if any(b in raw for b in (b"\x00", b"\r", b'"', b"\xef\xbb\xbf")):
             return None
@@ -105,8 +105,18 @@ def read_number_table(path: str | Path, what: str) -> pd.DataFrame | None:
                         columns=pd.Index(genes))
 
 
+def _is_csv(path: Path) -> bool:
+    """Whether a table is comma-separated: named ``*.csv`` or ``*.csv.gz``."""
+    return path.name.lower().removesuffix(".gz").endswith(".csv")
+
+
+def _open_bytes(path: Path):
+    """``path`` opened for reading bytes, decompressed when it is named ``*.gz``."""
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def _holds_nul(path: Path) -> bool:
-    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+    with _open_bytes(path) as f:
         while chunk := f.read(1 << 22):
             if b"\x00" in chunk:
                 return True
