@@ -75,7 +75,7 @@ class ClusterSettings:
     ``restarts``: the model is trained this many times (seeds ``seed``, ``seed + 1000``, ...)
     and the regions are the per-spot consensus of the restarts' regions
     (:func:`senca.clustering.consensus_labels`). One run's regions depend on its random start;
-    the consensus of three is steadier and better on average. It costs three times the
+    the consensus of three changes less from one seed to the next, at three times the
     training time; 1 for a quick look (measurements: benchmarks/README.md, section "Why the
     defaults are what they are", "[clustering] restarts").
 
