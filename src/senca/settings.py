@@ -59,7 +59,8 @@ class ImageSettings:
     one line). Below it a patch shows the spot's colour but no texture: a nucleus of about
     10 um is under 1.5 px on a 55 um Visium spot at 8 px, so the ResNet has nothing to describe.
     A Visium lowres image has about 4 px across a spot, hires about 14, HER2ST's 2000 px
-    display image 29. 0 uses any image.
+    display image 29. 0 uses any image (measured on a lowres image: benchmarks/README.md,
+    "[image] min_spot_px").
     """
 
     patch_px: int = 64
