@@ -115,6 +115,11 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
+def open_text(path: Path):
+    """``path`` opened for reading UTF-8 text, decompressed when it is named ``*.gz``."""
+    return io.TextIOWrapper(_open_bytes(path), encoding="utf-8")
+
+
 def _holds_nul(path: Path) -> bool:
     with _open_bytes(path) as f:
         while chunk := f.read(1 << 22):

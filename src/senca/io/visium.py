@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from senca.io._tables import (
     checked_coordinates,
     checked_csr,
     checked_integers,
+    open_text,
     read_table,
     require_columns,
     require_file,
@@ -91,11 +91,6 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
     return adata
 
 
-def _open_text(path: Path):
-    """Open a text file, gunzipping it when its name ends in ``.gz``."""
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
-
-
 def _find(folder: Path, stems: tuple[str, ...]) -> Path | None:
     """The first of ``stem`` or ``stem.gz`` for ``stems`` that exists in ``folder``."""
     for stem in stems:
@@ -112,7 +107,7 @@ def _read_matrix_market(path: Path) -> sp.csr_matrix:
     a damaged file gives an error naming it instead of wrong counts or a crash.
     """
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             header = f.readline()
             if not re.match(r"%%MatrixMarket\s+matrix\s+coordinate\s+(integer|real)\s+general", header, re.I):
                 raise SencaInputError(
